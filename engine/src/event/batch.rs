@@ -1,0 +1,191 @@
+//! [`DecodedBatch`]: validated events in a compact, owned, columnar-friendly form.
+//!
+//! The decoder copies each string field once into one arena and keeps spans into it, so a batch
+//! of thousands of events costs two allocations, can cross threads (decode on one core, apply on
+//! another) and is read back as borrowed [`EventRef`]s without further copying.
+
+use super::kind::{EventType, Platform};
+
+/// A string field: `(start, len)` into the arena; `start == NONE` means absent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    const NONE: u32 = u32::MAX;
+    pub(crate) const ABSENT: Span = Span {
+        start: Self::NONE,
+        len: 0,
+    };
+}
+
+/// String fields in storage order.
+pub(crate) const STR_FIELDS: usize = 12;
+pub(crate) const F_ID: usize = 0;
+pub(crate) const F_PASS: usize = 1;
+pub(crate) const F_PROGRAM: usize = 2;
+pub(crate) const F_CUSTOMER: usize = 3;
+pub(crate) const F_DEVICE: usize = 4;
+pub(crate) const F_LOCATION: usize = 5;
+pub(crate) const F_OPERATOR: usize = 6;
+pub(crate) const F_SOURCE: usize = 7;
+pub(crate) const F_CAMPAIGN: usize = 8;
+pub(crate) const F_OFFER: usize = 9;
+pub(crate) const F_RESULT: usize = 10;
+pub(crate) const F_ATTRS: usize = 11;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub(crate) seq: u64,
+    pub(crate) ts: i64,
+    pub(crate) value: f64,
+    pub(crate) has_value: bool,
+    pub(crate) kind: EventType,
+    pub(crate) platform: Option<Platform>,
+    pub(crate) strs: [Span; STR_FIELDS],
+}
+
+/// Validated events, ready to be applied to the engine.
+#[derive(Debug, Default, Clone)]
+pub struct DecodedBatch {
+    arena: String,
+    rows: Vec<Row>,
+}
+
+/// One validated event, borrowing its strings from a [`DecodedBatch`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventRef<'a> {
+    /// JetStream stream sequence of the message that carried the event (0 if not from a stream).
+    pub seq: u64,
+    pub id: &'a str,
+    pub kind: EventType,
+    /// Event time, epoch milliseconds UTC.
+    pub ts: i64,
+    pub pass: Option<&'a str>,
+    pub program: Option<&'a str>,
+    pub customer: Option<&'a str>,
+    pub device: Option<&'a str>,
+    pub platform: Option<Platform>,
+    pub location: Option<&'a str>,
+    pub operator: Option<&'a str>,
+    pub source: Option<&'a str>,
+    pub campaign: Option<&'a str>,
+    pub offer: Option<&'a str>,
+    pub value: Option<f64>,
+    pub result: Option<&'a str>,
+    /// Extra attributes as compact JSON object text.
+    pub attrs: Option<&'a str>,
+}
+
+impl DecodedBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_capacity(events: usize) -> Self {
+        DecodedBatch {
+            arena: String::with_capacity(events * 96),
+            rows: Vec::with_capacity(events),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.arena.clear();
+        self.rows.clear();
+    }
+
+    /// Appends all events of `other` (used to merge per-message decodes).
+    pub fn extend_from(&mut self, other: &DecodedBatch) {
+        let base = self.arena.len() as u32;
+        self.arena.push_str(&other.arena);
+        self.rows.extend(other.rows.iter().map(|r| {
+            let mut r = r.clone();
+            for s in &mut r.strs {
+                if s.start != Span::NONE {
+                    s.start += base;
+                }
+            }
+            r
+        }));
+    }
+
+    pub fn get(&self, i: usize) -> EventRef<'_> {
+        let r = &self.rows[i];
+        EventRef {
+            seq: r.seq,
+            id: self.span(r.strs[F_ID]).unwrap_or_default(),
+            kind: r.kind,
+            ts: r.ts,
+            pass: self.span(r.strs[F_PASS]),
+            program: self.span(r.strs[F_PROGRAM]),
+            customer: self.span(r.strs[F_CUSTOMER]),
+            device: self.span(r.strs[F_DEVICE]),
+            platform: r.platform,
+            location: self.span(r.strs[F_LOCATION]),
+            operator: self.span(r.strs[F_OPERATOR]),
+            source: self.span(r.strs[F_SOURCE]),
+            campaign: self.span(r.strs[F_CAMPAIGN]),
+            offer: self.span(r.strs[F_OFFER]),
+            value: r.has_value.then_some(r.value),
+            result: self.span(r.strs[F_RESULT]),
+            attrs: self.span(r.strs[F_ATTRS]),
+        }
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = EventRef<'_>> + '_ {
+        (0..self.rows.len()).map(|i| self.get(i))
+    }
+
+    #[inline]
+    fn span(&self, s: Span) -> Option<&str> {
+        if s.start == Span::NONE {
+            None
+        } else {
+            let start = s.start as usize;
+            Some(&self.arena[start..start + s.len as usize])
+        }
+    }
+
+    /// Copies `s` into the arena.
+    pub(crate) fn intern(&mut self, s: &str) -> Span {
+        let start = self.arena.len() as u32;
+        self.arena.push_str(s);
+        Span {
+            start,
+            len: s.len() as u32,
+        }
+    }
+
+    /// Gives the arena to a writer (for attrs JSON); returns the span written.
+    pub(crate) fn write_with(&mut self, f: impl FnOnce(&mut String)) -> Span {
+        let start = self.arena.len();
+        f(&mut self.arena);
+        Span {
+            start: start as u32,
+            len: (self.arena.len() - start) as u32,
+        }
+    }
+
+    pub(crate) fn push_row(&mut self, row: Row) {
+        self.rows.push(row);
+    }
+
+    /// Undoes arena writes of a row that failed validation half-way.
+    pub(crate) fn truncate_arena(&mut self, len: usize) {
+        self.arena.truncate(len);
+    }
+
+    pub(crate) fn arena_len(&self) -> usize {
+        self.arena.len()
+    }
+}

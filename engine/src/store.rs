@@ -1,0 +1,312 @@
+//! The hot store: events as Arrow record batches, appended by the single writer and read by any
+//! number of queries through cheap snapshots.
+//!
+//! Rows are appended to column builders. Every `publish_interval` (default 100 ms, which bounds
+//! freshness) the builder's rows are published as the *tail* batch (a copy of the builder's
+//! contents); at `MAX_BATCH_ROWS` the builder is sealed into an immutable batch and starts empty.
+//! `MAX_BATCH_ROWS` keeps each batch's distinct values within the 16-bit dictionary keys, so a
+//! dictionary can never overflow. Persistence to Parquet and eviction are not owned here yet.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, Float64Builder, StringBuilder, StringDictionaryBuilder, TimestampMillisecondBuilder,
+    UInt64Builder,
+};
+use arrow::datatypes::{SchemaRef, UInt8Type, UInt16Type};
+use arrow::record_batch::RecordBatch;
+use parking_lot::RwLock;
+
+use crate::event::EventRef;
+use crate::schema::{events_schema, ts_type};
+
+/// Largest batch: distinct values per batch ≤ rows ≤ u16::MAX, so `UInt16` keys never overflow.
+pub const MAX_BATCH_ROWS: usize = u16::MAX as usize;
+
+/// What queries see: sealed batches plus the published part of the open one.
+#[derive(Debug, Clone, Default)]
+pub struct HotSnapshot {
+    pub sealed: Vec<RecordBatch>,
+    pub tail: Option<RecordBatch>,
+}
+
+impl HotSnapshot {
+    pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.sealed.iter().chain(self.tail.iter())
+    }
+
+    pub fn rows(&self) -> usize {
+        self.batches().map(|b| b.num_rows()).sum()
+    }
+
+    /// Bytes held by the Arrow buffers of the snapshot.
+    pub fn bytes(&self) -> usize {
+        self.batches().map(|b| b.get_array_memory_size()).sum()
+    }
+}
+
+/// Reader side of the hot store; cloneable, shared with queries.
+#[derive(Debug, Clone, Default)]
+pub struct HotReader {
+    snapshot: Arc<RwLock<Arc<HotSnapshot>>>,
+}
+
+impl HotReader {
+    pub fn snapshot(&self) -> Arc<HotSnapshot> {
+        self.snapshot.read().clone()
+    }
+}
+
+struct Builders {
+    seq: UInt64Builder,
+    ingested_at: TimestampMillisecondBuilder,
+    id: StringBuilder,
+    kind: StringDictionaryBuilder<UInt8Type>,
+    ts: TimestampMillisecondBuilder,
+    pass: StringBuilder,
+    program: StringDictionaryBuilder<UInt16Type>,
+    customer: StringBuilder,
+    device: StringBuilder,
+    platform: StringDictionaryBuilder<UInt8Type>,
+    location: StringDictionaryBuilder<UInt16Type>,
+    operator: StringDictionaryBuilder<UInt16Type>,
+    source: StringDictionaryBuilder<UInt16Type>,
+    campaign: StringDictionaryBuilder<UInt16Type>,
+    offer: StringDictionaryBuilder<UInt16Type>,
+    value: Float64Builder,
+    result: StringDictionaryBuilder<UInt16Type>,
+    attrs: StringBuilder,
+}
+
+impl Builders {
+    fn new() -> Self {
+        let n = 8192;
+        Builders {
+            seq: UInt64Builder::with_capacity(n),
+            ingested_at: TimestampMillisecondBuilder::with_capacity(n).with_data_type(ts_type()),
+            id: StringBuilder::with_capacity(n, n * 16),
+            kind: StringDictionaryBuilder::new(),
+            ts: TimestampMillisecondBuilder::with_capacity(n).with_data_type(ts_type()),
+            pass: StringBuilder::with_capacity(n, n * 12),
+            program: StringDictionaryBuilder::new(),
+            customer: StringBuilder::with_capacity(n, n * 12),
+            device: StringBuilder::with_capacity(n, n * 16),
+            platform: StringDictionaryBuilder::new(),
+            location: StringDictionaryBuilder::new(),
+            operator: StringDictionaryBuilder::new(),
+            source: StringDictionaryBuilder::new(),
+            campaign: StringDictionaryBuilder::new(),
+            offer: StringDictionaryBuilder::new(),
+            value: Float64Builder::with_capacity(n),
+            result: StringDictionaryBuilder::new(),
+            attrs: StringBuilder::new(),
+        }
+    }
+
+    fn append(&mut self, e: &EventRef<'_>, ingested_at: i64) {
+        fn dict<K: arrow::datatypes::ArrowDictionaryKeyType>(
+            b: &mut StringDictionaryBuilder<K>,
+            v: Option<&str>,
+        ) {
+            match v {
+                // MAX_BATCH_ROWS makes overflow impossible; see module docs.
+                Some(v) => {
+                    b.append(v).expect("dictionary keys sized for MAX_BATCH_ROWS");
+                }
+                None => b.append_null(),
+            }
+        }
+        self.seq.append_value(e.seq);
+        self.ingested_at.append_value(ingested_at);
+        self.id.append_value(e.id);
+        dict(&mut self.kind, Some(e.kind.as_str()));
+        self.ts.append_value(e.ts);
+        self.pass.append_option(e.pass);
+        dict(&mut self.program, e.program);
+        self.customer.append_option(e.customer);
+        self.device.append_option(e.device);
+        dict(&mut self.platform, e.platform.map(|p| p.as_str()));
+        dict(&mut self.location, e.location);
+        dict(&mut self.operator, e.operator);
+        dict(&mut self.source, e.source);
+        dict(&mut self.campaign, e.campaign);
+        dict(&mut self.offer, e.offer);
+        self.value.append_option(e.value);
+        dict(&mut self.result, e.result);
+        self.attrs.append_option(e.attrs);
+    }
+
+    fn columns(&mut self, cloned: bool) -> Vec<ArrayRef> {
+        macro_rules! col {
+            ($b:expr) => {
+                if cloned {
+                    Arc::new($b.finish_cloned()) as ArrayRef
+                } else {
+                    Arc::new($b.finish()) as ArrayRef
+                }
+            };
+        }
+        vec![
+            col!(self.seq),
+            col!(self.ingested_at),
+            col!(self.id),
+            col!(self.kind),
+            col!(self.ts),
+            col!(self.pass),
+            col!(self.program),
+            col!(self.customer),
+            col!(self.device),
+            col!(self.platform),
+            col!(self.location),
+            col!(self.operator),
+            col!(self.source),
+            col!(self.campaign),
+            col!(self.offer),
+            col!(self.value),
+            col!(self.result),
+            col!(self.attrs),
+        ]
+    }
+}
+
+/// Writer side of the hot store. Exactly one exists per engine.
+pub struct HotStore {
+    schema: SchemaRef,
+    builders: Builders,
+    open_rows: usize,
+    published_rows: usize,
+    sealed: Vec<RecordBatch>,
+    last_publish: Instant,
+    publish_interval: Duration,
+    reader: HotReader,
+}
+
+impl HotStore {
+    pub fn new(publish_interval: Duration) -> Self {
+        HotStore {
+            schema: events_schema(),
+            builders: Builders::new(),
+            open_rows: 0,
+            published_rows: 0,
+            sealed: Vec::new(),
+            last_publish: Instant::now(),
+            publish_interval,
+            reader: HotReader::default(),
+        }
+    }
+
+    pub fn reader(&self) -> HotReader {
+        self.reader.clone()
+    }
+
+    pub fn append(&mut self, e: &EventRef<'_>, ingested_at: i64) {
+        self.builders.append(e, ingested_at);
+        self.open_rows += 1;
+        if self.open_rows >= MAX_BATCH_ROWS {
+            self.seal();
+        }
+    }
+
+    /// Publishes unpublished rows if the publish interval has passed (call after each apply and
+    /// on idle ticks). Returns true if it published.
+    pub fn maybe_publish(&mut self, now: Instant) -> bool {
+        if self.open_rows != self.published_rows
+            && now.duration_since(self.last_publish) >= self.publish_interval
+        {
+            self.publish_now();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Makes every appended row visible to queries now.
+    pub fn publish_now(&mut self) {
+        let tail = (self.open_rows > 0).then(|| {
+            let cols = self.builders.columns(true);
+            RecordBatch::try_new(self.schema.clone(), cols).expect("builders match the schema")
+        });
+        self.published_rows = self.open_rows;
+        self.install(tail);
+    }
+
+    fn seal(&mut self) {
+        let cols = self.builders.columns(false);
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), cols).expect("builders match the schema");
+        self.sealed.push(batch);
+        self.open_rows = 0;
+        self.published_rows = 0;
+        self.install(None);
+    }
+
+    fn install(&mut self, tail: Option<RecordBatch>) {
+        let snap = Arc::new(HotSnapshot {
+            sealed: self.sealed.clone(),
+            tail,
+        });
+        *self.reader.snapshot.write() = snap;
+        self.last_publish = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{DecodedBatch, decode_line};
+
+    fn events(n: usize) -> DecodedBatch {
+        let mut b = DecodedBatch::new();
+        for i in 0..n {
+            let line = format!(
+                r#"{{"id":"e{i}","type":"scan","ts":{},"pass":"p{}","location":"loc{}","device":"d","operator":"o"}}"#,
+                1_000 + i,
+                i % 7,
+                i % 3
+            );
+            decode_line(line.as_bytes(), 1, i as u64 + 1, &mut b).unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn rows_become_visible_on_publish_and_seal() {
+        let mut s = HotStore::new(Duration::from_secs(3600));
+        let r = s.reader();
+        let b = events(10);
+        for e in b.iter() {
+            s.append(&e, 5);
+        }
+        assert_eq!(r.snapshot().rows(), 0, "not published yet");
+        assert!(!s.maybe_publish(Instant::now()), "interval not elapsed");
+        s.publish_now();
+        assert_eq!(r.snapshot().rows(), 10);
+        let snap = r.snapshot();
+        let batch = snap.tail.as_ref().unwrap();
+        assert_eq!(batch.schema(), events_schema());
+        assert_eq!(batch.num_rows(), 10);
+    }
+
+    #[test]
+    fn seals_at_max_batch_rows_without_dictionary_overflow() {
+        let mut s = HotStore::new(Duration::from_secs(3600));
+        let r = s.reader();
+        let mut b = DecodedBatch::new();
+        // every location distinct: the worst case for 16-bit dictionary keys
+        for i in 0..(MAX_BATCH_ROWS + 10) {
+            let line = format!(
+                r#"{{"id":"e{i}","type":"scan","ts":1,"pass":"p","location":"l{i}","device":"d","operator":"o"}}"#
+            );
+            decode_line(line.as_bytes(), 1, 0, &mut b).unwrap();
+        }
+        for e in b.iter() {
+            s.append(&e, 0);
+        }
+        s.publish_now();
+        let snap = r.snapshot();
+        assert_eq!(snap.sealed.len(), 1);
+        assert_eq!(snap.sealed[0].num_rows(), MAX_BATCH_ROWS);
+        assert_eq!(snap.rows(), MAX_BATCH_ROWS + 10);
+    }
+}

@@ -1,0 +1,308 @@
+//! The engine's consumer: JetStream → decode → apply, as a three-stage pipeline.
+//!
+//! 1. The receive loop reads the durable pull consumer, checks that deliveries are contiguous
+//!    (consumer sequence), and groups ready messages into chunks.
+//! 2. Chunks are decoded on the blocking pool, two at a time, in order; refused events go to the
+//!    dead-letter sink.
+//! 3. One writer thread applies decoded batches to the engine and publishes them to queries.
+//!
+//! Position, not acks, is the source of truth: the consumer uses `AckPolicy::None` and, on any
+//! broker error or delivery gap, is re-created at the stream sequence after the last one
+//! received. Messages at or below that sequence are skipped, so nothing is applied twice and
+//! nothing is skipped. (At start the position is 1: the engine rebuilds from the whole stream.)
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    stream::Stream,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use passpulse_engine::{DecodedBatch, EngineWriter, EventError, event::decode_message};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::bus::BusConfig;
+use crate::deadletter::{DeadLetter, DeadLetterSink};
+use crate::metrics::IngestMetrics;
+
+/// Tuning of the consumer pipeline.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Messages per pull request.
+    pub fetch_batch: usize,
+    /// Most messages decoded as one unit.
+    pub chunk: usize,
+    /// Chunks decoded concurrently.
+    pub decoders: usize,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            fetch_batch: 2_000,
+            chunk: 512,
+            decoders: 2,
+        }
+    }
+}
+
+struct RawMsg {
+    subject: async_nats::Subject,
+    payload: Bytes,
+    seq: u64,
+}
+
+enum WriterMsg {
+    Apply(DecodedBatch),
+    Tick,
+}
+
+/// (Re)creates the engine's durable consumer so that its next delivery is `start_seq`.
+pub async fn open_consumer(
+    stream: &Stream,
+    name: &str,
+    start_seq: u64,
+) -> Result<PullConsumer, String> {
+    // Deleting a missing consumer fails harmlessly; any real problem shows in create.
+    let _ = stream.delete_consumer(name).await;
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.to_string()),
+            deliver_policy: if start_seq <= 1 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: start_seq,
+                }
+            },
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The continuous message stream of a consumer, as the engine reads it.
+pub async fn messages(
+    consumer: &PullConsumer,
+    opts: &ConsumerOptions,
+) -> Result<pull::Stream, String> {
+    consumer
+        .stream()
+        .max_messages_per_batch(opts.fetch_batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the pipeline until `shutdown` becomes true; then drains, publishes and returns.
+pub async fn run_engine_consumer(
+    js: jetstream::Context,
+    cfg: BusConfig,
+    opts: ConsumerOptions,
+    writer: EngineWriter,
+    sink: DeadLetterSink,
+    metrics: Arc<IngestMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (wtx, wrx) = mpsc::channel::<WriterMsg>(8);
+    let writer_thread = std::thread::Builder::new()
+        .name("passpulse-writer".into())
+        .spawn(move || writer_loop(writer, wrx))
+        .expect("spawning the writer thread");
+
+    let ticker = {
+        let wtx = wtx.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(Duration::from_millis(25));
+            loop {
+                iv.tick().await;
+                if let Err(mpsc::error::TrySendError::Closed(_)) = wtx.try_send(WriterMsg::Tick) {
+                    return;
+                }
+            }
+        })
+    };
+
+    // Stage 2: ordered, parallel decode.
+    let (rtx, rrx) = mpsc::channel::<Vec<RawMsg>>(opts.decoders * 2);
+    let decode_stage = {
+        let max = cfg.max_message_bytes;
+        let metrics = metrics.clone();
+        tokio::spawn(
+            tokio_stream::wrappers::ReceiverStream::new(rrx)
+                .map(move |chunk| {
+                    let sink = sink.clone();
+                    let metrics = metrics.clone();
+                    tokio::task::spawn_blocking(move || decode_chunk(chunk, max, &sink, &metrics))
+                })
+                .buffered(opts.decoders)
+                .for_each(move |res| {
+                    let wtx = wtx.clone();
+                    async move {
+                        if let Ok(batch) = res {
+                            let _ = wtx.send(WriterMsg::Apply(batch)).await;
+                        }
+                    }
+                }),
+        )
+    };
+
+    receive_loop(&js, &cfg, &opts, &rtx, &metrics, &mut shutdown).await;
+    drop(rtx);
+    let _ = decode_stage.await;
+    ticker.abort();
+    let _ = ticker.await;
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+}
+
+async fn receive_loop(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+    opts: &ConsumerOptions,
+    rtx: &mpsc::Sender<Vec<RawMsg>>,
+    metrics: &IngestMetrics,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut next_seq: u64 = 1;
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    'outer: while !*shutdown.borrow() {
+        if !first {
+            metrics.consumer_restarts.fetch_add(1, Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => break,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        first = false;
+        let stream = match js.get_stream(&cfg.stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(stream = %cfg.stream, error = %e, "cannot open the event stream; retrying");
+                continue;
+            }
+        };
+        let consumer = match open_consumer(&stream, &cfg.consumer, next_seq).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot create the engine consumer; retrying");
+                continue;
+            }
+        };
+        let mut msgs = match messages(&consumer, opts).await {
+            Ok(m) => m.ready_chunks(opts.chunk),
+            Err(e) => {
+                warn!(error = %e, "cannot start consuming; retrying");
+                continue;
+            }
+        };
+        info!(consumer = %cfg.consumer, from_seq = next_seq, "consuming");
+        let mut last_cseq = 0u64;
+        loop {
+            let chunk = tokio::select! {
+                c = msgs.next() => c,
+                _ = shutdown.changed() => break 'outer,
+            };
+            let Some(chunk) = chunk else {
+                warn!("consumer stream ended; re-positioning");
+                continue 'outer;
+            };
+            let mut raw = Vec::with_capacity(chunk.len());
+            let mut broken = None;
+            for m in chunk {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        broken = Some(e.to_string());
+                        break;
+                    }
+                };
+                let info = match m.info() {
+                    Ok(i) => (i.stream_sequence, i.consumer_sequence, i.pending),
+                    Err(e) => {
+                        broken = Some(format!("unreadable delivery metadata: {e}"));
+                        break;
+                    }
+                };
+                let (seq, cseq, pending) = info;
+                if cseq != last_cseq + 1 {
+                    broken = Some(format!("delivery gap: consumer sequence {cseq} after {last_cseq}"));
+                    break;
+                }
+                last_cseq = cseq;
+                metrics.consumer_lag.store(pending, Relaxed);
+                if seq < next_seq {
+                    continue;
+                }
+                next_seq = seq + 1;
+                let m = m.split().0;
+                raw.push(RawMsg {
+                    subject: m.subject,
+                    payload: m.payload,
+                    seq,
+                });
+            }
+            if !raw.is_empty() {
+                metrics.messages.fetch_add(raw.len() as u64, Relaxed);
+                metrics.last_seq.store(next_seq - 1, Relaxed);
+                if rtx.send(raw).await.is_err() {
+                    break 'outer;
+                }
+                backoff = Duration::from_millis(100);
+            }
+            if let Some(why) = broken {
+                warn!(error = %why, next_seq, "consumer interrupted; re-positioning");
+                continue 'outer;
+            }
+        }
+    }
+}
+
+fn decode_chunk(
+    chunk: Vec<RawMsg>,
+    max_bytes: usize,
+    sink: &DeadLetterSink,
+    metrics: &IngestMetrics,
+) -> DecodedBatch {
+    let mut out = DecodedBatch::with_capacity(chunk.len());
+    for m in chunk {
+        if m.payload.len() > max_bytes {
+            sink.send(DeadLetter {
+                error: EventError::too_large(m.payload.len(), max_bytes),
+                bytes: m.payload,
+                subject: m.subject.to_string(),
+                seq: m.seq,
+            });
+            continue;
+        }
+        decode_message(&m.payload, m.seq, &mut out, |error, line| {
+            sink.send(DeadLetter {
+                error,
+                bytes: m.payload.slice_ref(line),
+                subject: m.subject.to_string(),
+                seq: m.seq,
+            })
+        });
+    }
+    metrics.events_decoded.fetch_add(out.len() as u64, Relaxed);
+    out
+}
+
+fn writer_loop(mut writer: EngineWriter, mut rx: mpsc::Receiver<WriterMsg>) {
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            WriterMsg::Apply(batch) => writer.apply(&batch),
+            WriterMsg::Tick => writer.tick(),
+        }
+    }
+    writer.publish();
+}

@@ -1,0 +1,110 @@
+//! Dead letters: a refused event (or a whole message that cannot be split) is published to
+//! `passpulse.deadletter.<reason>` with its original bytes as payload and the reason, the error,
+//! the source subject, stream sequence and line as headers. The dead-letter stream keeps them.
+//!
+//! Publishing runs on its own task so a burst of bad input never stalls the consumer; a failed
+//! publish is retried with backoff before it is counted as lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use passpulse_engine::EventError;
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use crate::bus::BusConfig;
+use crate::metrics::IngestMetrics;
+
+pub const HEADER_REASON: &str = "Passpulse-Reason";
+pub const HEADER_ERROR: &str = "Passpulse-Error";
+pub const HEADER_SUBJECT: &str = "Passpulse-Subject";
+pub const HEADER_SEQ: &str = "Passpulse-Stream-Seq";
+pub const HEADER_LINE: &str = "Passpulse-Line";
+
+/// One refused event, with the bytes it arrived as.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub error: EventError,
+    pub bytes: Bytes,
+    pub subject: String,
+    pub seq: u64,
+}
+
+/// Where the consumer hands dead letters; counts them as they arrive.
+#[derive(Clone)]
+pub struct DeadLetterSink {
+    tx: mpsc::UnboundedSender<DeadLetter>,
+    metrics: Arc<IngestMetrics>,
+}
+
+impl DeadLetterSink {
+    pub fn send(&self, d: DeadLetter) {
+        self.metrics.dead_letter(d.error.reason);
+        if self.tx.send(d).is_err() {
+            self.metrics
+                .dead_letter_publish_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Starts the publisher task; it ends when every sink is dropped and the queue is drained.
+pub fn spawn_publisher(
+    js: jetstream::Context,
+    cfg: BusConfig,
+    metrics: Arc<IngestMetrics>,
+) -> (DeadLetterSink, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<DeadLetter>();
+    let sink = DeadLetterSink {
+        tx,
+        metrics: metrics.clone(),
+    };
+    let task = tokio::spawn(async move {
+        while let Some(d) = rx.recv().await {
+            publish(&js, &cfg, &metrics, d).await;
+        }
+    });
+    (sink, task)
+}
+
+fn header_value(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1024)
+        .collect()
+}
+
+async fn publish(js: &jetstream::Context, cfg: &BusConfig, metrics: &IngestMetrics, d: DeadLetter) {
+    let subject = cfg.deadletter_subject(d.error.reason);
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_REASON, d.error.reason.as_str());
+    headers.insert(HEADER_ERROR, header_value(&d.error.to_string()).as_str());
+    headers.insert(HEADER_SUBJECT, header_value(&d.subject).as_str());
+    headers.insert(HEADER_SEQ, d.seq.to_string().as_str());
+    headers.insert(HEADER_LINE, d.error.index.to_string().as_str());
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1..=6 {
+        let res = match js
+            .publish_with_headers(subject.clone(), headers.clone(), d.bytes.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match res {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(%subject, attempt, error = %e, "dead letter publish failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+    }
+    error!(%subject, seq = d.seq, error = %d.error, "dead letter could not be published; it is only in the log");
+    metrics
+        .dead_letter_publish_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}

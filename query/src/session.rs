@@ -51,9 +51,9 @@ pub enum QueryError {
     #[error("{0}")]
     Execution(String),
     #[error(
-        "query exceeded the {}-byte memory limit: add filters, aggregate earlier or add a LIMIT ({1})", .0
+        "query exceeded the {limit}-byte memory limit: add filters, aggregate earlier or add a LIMIT ({detail})"
     )]
-    Memory(usize, String),
+    Memory { limit: usize, detail: String },
     #[error(
         "query exceeded the {:.1} s time limit and was stopped: narrow the time range or add a LIMIT", .0.as_secs_f64()
     )]
@@ -68,7 +68,10 @@ impl QueryError {
     fn from_df(e: DataFusionError, cfg: &QueryConfig) -> Self {
         let root = e.find_root();
         match root {
-            DataFusionError::ResourcesExhausted(m) => QueryError::Memory(cfg.memory_limit, m.clone()),
+            DataFusionError::ResourcesExhausted(m) => QueryError::Memory {
+                limit: cfg.memory_limit,
+                detail: m.clone(),
+            },
             DataFusionError::SQL(..)
             | DataFusionError::Plan(_)
             | DataFusionError::SchemaError(..)

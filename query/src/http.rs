@@ -1,0 +1,225 @@
+//! HTTP API of the query layer: `GET`/`POST /api/v1/query` and `GET /api/v1/stats`.
+//!
+//! A query runs entirely on the query runtime. The response head is sent once the first batch
+//! exists, so planning errors, refusals, timeouts and early execution errors get a proper status
+//! and a JSON `{"error": …}` body. After that, batches stream as they are produced; a failure or
+//! timeout mid-stream aborts the response (the client sees a truncated body, never a silently
+//! short one). Dropping the stream — on timeout or when the client goes away — stops execution.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::StreamExt;
+use passpulse_engine::Engine;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::format::{Encoder, Format};
+use crate::metrics::{Outcome, QueryMetrics};
+use crate::session::{QueryError, QueryService};
+
+#[derive(Clone)]
+pub struct QueryState {
+    pub service: Arc<QueryService>,
+    pub engine: Engine,
+    pub metrics: Arc<QueryMetrics>,
+}
+
+pub fn router(state: QueryState) -> Router {
+    Router::new()
+        .route("/api/v1/query", get(get_query).post(post_query))
+        .route("/api/v1/stats", get(stats))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct QueryParams {
+    sql: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct QueryBody {
+    sql: String,
+    format: Option<String>,
+}
+
+pub fn error_response(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+fn status_of(e: &QueryError) -> StatusCode {
+    match e {
+        QueryError::ReadOnly(_) => StatusCode::FORBIDDEN,
+        QueryError::Plan(_) | QueryError::Execution(_) => StatusCode::BAD_REQUEST,
+        QueryError::Memory { .. } | QueryError::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn outcome_of(e: &QueryError) -> Outcome {
+    match e {
+        QueryError::ReadOnly(_) => Outcome::Refused,
+        QueryError::Timeout(_) => Outcome::Timeout,
+        _ => Outcome::Error,
+    }
+}
+
+async fn get_query(State(st): State<QueryState>, Query(p): Query<QueryParams>) -> Response {
+    let Some(sql) = p.sql else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "missing query parameter `sql` (GET /api/v1/query?sql=SELECT…&format=json)",
+        );
+    };
+    run(st, sql, p.format).await
+}
+
+async fn post_query(
+    State(st): State<QueryState>,
+    Query(p): Query<QueryParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (sql, format) = if is_json {
+        match serde_json::from_slice::<QueryBody>(&body) {
+            Ok(b) => (b.sql, b.format.or(p.format)),
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("body is not {{\"sql\": \"…\", \"format\": \"…\"}}: {e}"),
+                );
+            }
+        }
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(s) => (s, p.format),
+            Err(_) => return error_response(StatusCode::BAD_REQUEST, "SQL body is not UTF-8"),
+        }
+    };
+    run(st, sql, format).await
+}
+
+async fn stats(State(st): State<QueryState>) -> Response {
+    Json(st.engine.stats()).into_response()
+}
+
+async fn run(st: QueryState, sql: String, format: Option<String>) -> Response {
+    let format = match format.as_deref().map(Format::parse) {
+        None => Format::Json,
+        Some(Some(f)) => f,
+        Some(None) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown format {:?}: use json, jsonl, csv, arrow or parquet",
+                    format.unwrap_or_default()
+                ),
+            );
+        }
+    };
+    if sql.trim().is_empty() {
+        return error_response(StatusCode::BAD_REQUEST, "empty SQL statement");
+    }
+    let (head_tx, head_rx) = oneshot::channel::<Result<(), QueryError>>();
+    let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, io::Error>>(4);
+    let service = st.service.clone();
+    let metrics = st.metrics.clone();
+    service.runtime().spawn(execute(service.clone(), metrics, sql, format, head_tx, body_tx));
+    match head_rx.await {
+        Ok(Ok(())) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, format.content_type())
+            .body(Body::from_stream(
+                tokio_stream::wrappers::ReceiverStream::new(body_rx),
+            ))
+            .unwrap_or_else(|e| error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Ok(Err(e)) => error_response(status_of(&e), e.to_string()),
+        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "query task ended unexpectedly"),
+    }
+}
+
+/// Runs on the query runtime: plan, check, execute under the deadline, encode, stream.
+async fn execute(
+    service: Arc<QueryService>,
+    metrics: Arc<QueryMetrics>,
+    sql: String,
+    format: Format,
+    head_tx: oneshot::Sender<Result<(), QueryError>>,
+    body_tx: mpsc::Sender<Result<Bytes, io::Error>>,
+) {
+    let started = Instant::now();
+    let _running = metrics.start();
+    let cfg = service.config().clone();
+    let mut head = Some(head_tx);
+    let mut rows = 0u64;
+    let work = async {
+        let (schema, mut stream) = service.start(&sql).await?;
+        let first = stream
+            .next()
+            .await
+            .transpose()
+            .map_err(|e| service.map_err(e))?;
+        let mut enc = Encoder::new(format, &schema).map_err(|e| QueryError::Internal(e.to_string()))?;
+        if let Some(h) = head.take() {
+            let _ = h.send(Ok(()));
+        }
+        let mut sent = 0usize;
+        let mut next = first;
+        while let Some(batch) = next {
+            rows += batch.num_rows() as u64;
+            enc.write(&batch).map_err(|e| QueryError::Execution(e.to_string()))?;
+            let chunk = enc.take();
+            sent += chunk.len();
+            if sent > cfg.max_result_bytes {
+                return Err(QueryError::TooLarge(cfg.max_result_bytes));
+            }
+            if !chunk.is_empty() && body_tx.send(Ok(chunk.into())).await.is_err() {
+                return Ok(()); // the client went away: dropping the stream stops execution
+            }
+            next = stream
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| service.map_err(e))?;
+        }
+        let tail = enc.finish().map_err(|e| QueryError::Execution(e.to_string()))?;
+        if !tail.is_empty() {
+            let _ = body_tx.send(Ok(tail.into())).await;
+        }
+        Ok(())
+    };
+    let result = match tokio::time::timeout(cfg.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(QueryError::Timeout(cfg.timeout)),
+    };
+    let outcome = match &result {
+        Ok(()) => Outcome::Ok,
+        Err(e) => outcome_of(e),
+    };
+    if let Err(e) = result {
+        tracing::info!(error = %e, "query failed");
+        match head.take() {
+            Some(h) => {
+                let _ = h.send(Err(e));
+            }
+            None => {
+                let _ = body_tx.send(Err(io::Error::other(e.to_string()))).await;
+            }
+        }
+    }
+    metrics.finish(outcome, started.elapsed(), rows);
+}

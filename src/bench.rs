@@ -1,0 +1,198 @@
+//! `passpulse bench ingest`: ingest throughput of the engine against the ceiling of the bus.
+//!
+//! N generated events are pre-published into a fresh stream (`--batch K` per message). Then, in
+//! alternating rounds on the same stream, (a) a bare JetStream consumer with the engine's consumer
+//! settings only receives every message — the most this machine's NATS can deliver to one
+//! consumer — and (b) the production consumer pipeline drains the stream until all N events are
+//! queryable in the hot store. Both rates, their ratio and the hot store's bytes per event are
+//! printed (medians over the rounds).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream::{self, stream};
+use futures::StreamExt;
+use passpulse_engine::{EngineConfig, new_engine, time::now_millis};
+use passpulse_ingest::consumer::{messages, open_consumer};
+use passpulse_ingest::{
+    BusConfig, ConsumerOptions, IngestMetrics, ManagedNats, connect, run_engine_consumer,
+    spawn_publisher,
+};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+use crate::synth::{GenOptions, Generator};
+use crate::publish::publish_lines;
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Events to publish and consume.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Events per NATS message.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Rounds of (bare, engine); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Use this NATS server instead of a managed one.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub async fn ingest(args: IngestArgs) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let managed = match &args.nats_url {
+        Some(_) => None,
+        None => Some(ManagedNats::start(dir.path()).await?),
+    };
+    let url = args
+        .nats_url
+        .clone()
+        .unwrap_or_else(|| managed.as_ref().expect("started").url().to_string());
+    let client = connect(&url).await?;
+    let js = jetstream::new(client.clone());
+    let tag = format!("{:x}", now_millis());
+    let bus = BusConfig {
+        stream: format!("PASSPULSE_BENCH_{tag}"),
+        subject_prefix: format!("bench{tag}.events"),
+        deadletter_prefix: format!("bench{tag}.deadletter"),
+        ..BusConfig::default()
+    };
+    js.create_stream(stream::Config {
+        name: bus.stream.clone(),
+        subjects: vec![format!("{}.>", bus.subject_prefix)],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .context("creating the bench stream")?;
+
+    eprintln!("generating and publishing {} events, {} per message…", args.events, args.batch);
+    let generator = Generator::new(GenOptions {
+        seed: args.seed,
+        start_ms: 1_790_000_000_000,
+        arrivals_per_day: 20_000.0,
+    });
+    let published = publish_lines(
+        &js,
+        &bus.subject_prefix,
+        generator.take(args.events as usize),
+        Some(args.events),
+        args.batch,
+        true,
+    )
+    .await?;
+    let messages_total = published.messages;
+    eprintln!(
+        "published {} events in {} messages at {:.0} events/s",
+        published.events,
+        messages_total,
+        published.rate()
+    );
+
+    let stream = js.get_stream(&bus.stream).await?;
+    let opts = ConsumerOptions::default();
+    let (mut bare, mut eng, mut bytes) = (Vec::new(), Vec::new(), 0.0);
+    for round in 0..args.rounds {
+        let b = bare_round(&stream, &opts, messages_total).await?;
+        let (e, bpe) = engine_round(&js, &bus, &opts, args.events).await?;
+        let (b, e) = (args.events as f64 / b, args.events as f64 / e);
+        eprintln!("round {}: bare {:.0} events/s, engine {:.0} events/s ({:.1} %)", round + 1, b, e, 100.0 * e / b);
+        bare.push(b);
+        eng.push(e);
+        bytes = bpe;
+    }
+    let (b, e) = (median(bare), median(eng));
+    println!("events            {}", args.events);
+    println!("events/message    {}", args.batch);
+    println!("bare consumer     {:.0} events/s ({:.0} messages/s)", b, b / args.batch as f64);
+    println!("engine            {:.0} events/s", e);
+    println!("engine / bare     {:.1} %", 100.0 * e / b);
+    println!("hot store         {:.1} bytes/event", bytes);
+    let _ = js.delete_stream(&bus.stream).await;
+    drop(client);
+    if let Some(m) = managed {
+        m.stop().await;
+    }
+    Ok(())
+}
+
+/// Seconds for a bare consumer to receive `expected` messages.
+async fn bare_round(stream: &stream::Stream, opts: &ConsumerOptions, expected: u64) -> Result<f64> {
+    let consumer = open_consumer(stream, "bench-bare", 1)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    let mut msgs = messages(&consumer, opts).await.map_err(anyhow::Error::msg)?.ready_chunks(opts.chunk);
+    let mut got = 0u64;
+    while got < expected {
+        let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), msgs.next()).await? else {
+            bail!("bare consumer stream ended after {got} messages");
+        };
+        for m in chunk {
+            let m = m.map_err(|e| anyhow::anyhow!("bare consumer: {e}"))?;
+            std::hint::black_box(m.payload.len());
+            got += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(msgs);
+    let _ = stream.delete_consumer("bench-bare").await;
+    Ok(secs)
+}
+
+/// Seconds for the production pipeline to make `events` queryable; and hot bytes per event.
+async fn engine_round(
+    js: &jetstream::Context,
+    bus: &BusConfig,
+    opts: &ConsumerOptions,
+    events: u64,
+) -> Result<(f64, f64)> {
+    let bus = BusConfig {
+        consumer: "bench-engine".into(),
+        ..bus.clone()
+    };
+    let (writer, engine) = new_engine(EngineConfig::default());
+    let metrics = Arc::new(IngestMetrics::default());
+    let (sink, dl) = spawn_publisher(js.clone(), bus.clone(), metrics.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let started = Instant::now();
+    let task = tokio::spawn(run_engine_consumer(
+        js.clone(),
+        bus.clone(),
+        opts.clone(),
+        writer,
+        sink,
+        metrics.clone(),
+        stop_rx,
+    ));
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let rows = engine.hot_snapshot().rows() as u64;
+        if rows >= events {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("engine made only {rows} of {events} events queryable in 600 s");
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let bpe = engine.stats().hot.bytes_per_event;
+    let _ = stop_tx.send(true);
+    let _ = task.await;
+    let _ = dl.await;
+    if let Ok(s) = js.get_stream(&bus.stream).await {
+        let _ = s.delete_consumer(&bus.consumer).await;
+    }
+    Ok((secs, bpe))
+}

@@ -1,0 +1,225 @@
+//! The one `Config` of `passpulse serve`: documented defaults, overlaid by a TOML file
+//! (`--config`), then `PASSPULSE_*` environment variables, then flags (highest precedence).
+//! clap reads each flag and its environment variable together; the TOML file sits below both.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+/// Settings of `passpulse serve`. Every field has a default; see README "Configuration".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// NATS server URL; unset = start and supervise a nats-server child under `data_dir`.
+    pub nats_url: Option<String>,
+    /// Where passpulse keeps its files (the managed nats-server's store, later Parquet).
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Bearer token required on `/api/*` when set.
+    pub auth_token: Option<String>,
+    /// Publish synthetic traffic (the demo).
+    pub demo: bool,
+    /// Demo events per second.
+    pub demo_rate: u32,
+    pub query: QuerySection,
+    pub ingest: IngestSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySection {
+    /// Wall-clock limit of one query (planning and execution).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Memory DataFusion operators may reserve, in MiB.
+    pub memory_limit_mb: usize,
+    /// Threads of the query runtime.
+    pub threads: usize,
+    /// Largest response body, in MiB.
+    pub max_result_mb: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSection {
+    /// Messages over this size are dead-lettered unparsed.
+    pub max_message_bytes: usize,
+    /// Longest time an ingested event stays invisible to SQL.
+    #[serde(with = "humantime_serde")]
+    pub publish_interval: Duration,
+    /// Largest `POST /api/v1/events` body, in MiB.
+    pub max_body_mb: usize,
+    /// Broker de-duplication window for `Nats-Msg-Id`.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nats_url: None,
+            data_dir: PathBuf::from("passpulse-data"),
+            http: "127.0.0.1:8080".parse().expect("valid address"),
+            auth_token: None,
+            demo: false,
+            demo_rate: 200,
+            query: QuerySection::default(),
+            ingest: IngestSection::default(),
+        }
+    }
+}
+
+impl Default for QuerySection {
+    fn default() -> Self {
+        QuerySection {
+            timeout: Duration::from_secs(30),
+            memory_limit_mb: 1024,
+            threads: 2,
+            max_result_mb: 1024,
+        }
+    }
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        IngestSection {
+            max_message_bytes: 1 << 20,
+            publish_interval: Duration::from_millis(100),
+            max_body_mb: 16,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Flags of `passpulse serve`; each also reads its `PASSPULSE_*` variable.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (lowest precedence after the defaults).
+    #[arg(long, env = "PASSPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// NATS URL; without it passpulse runs its own nats-server.
+    #[arg(long, env = "PASSPULSE_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Data directory.
+    #[arg(long, env = "PASSPULSE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "PASSPULSE_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Require `Authorization: Bearer TOKEN` on /api/*.
+    #[arg(long, env = "PASSPULSE_AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// Publish synthetic wallet-pass traffic (demo mode).
+    #[arg(long, env = "PASSPULSE_DEMO")]
+    pub demo: Option<bool>,
+    /// Demo events per second.
+    #[arg(long, env = "PASSPULSE_DEMO_RATE")]
+    pub demo_rate: Option<u32>,
+    /// Query time limit, e.g. 30s or 500ms.
+    #[arg(long, env = "PASSPULSE_QUERY_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub query_timeout: Option<Duration>,
+    /// Query memory limit in MiB.
+    #[arg(long, env = "PASSPULSE_QUERY_MEMORY_MB")]
+    pub query_memory_mb: Option<usize>,
+    /// Largest accepted NATS message, bytes.
+    #[arg(long, env = "PASSPULSE_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+}
+
+impl Config {
+    /// Defaults ← TOML file ← env/flags.
+    pub fn load(args: &ServeArgs) -> Result<Config> {
+        let mut cfg = match &args.config {
+            Some(p) => Self::from_file(p)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($field:expr, $arg:expr) => {
+                if let Some(v) = $arg.clone() {
+                    $field = v;
+                }
+            };
+        }
+        if args.nats_url.is_some() {
+            cfg.nats_url = args.nats_url.clone();
+        }
+        if args.auth_token.is_some() {
+            cfg.auth_token = args.auth_token.clone();
+        }
+        set!(cfg.data_dir, args.data_dir);
+        set!(cfg.http, args.http);
+        set!(cfg.demo, args.demo);
+        set!(cfg.demo_rate, args.demo_rate);
+        set!(cfg.query.timeout, args.query_timeout);
+        set!(cfg.query.memory_limit_mb, args.query_memory_mb);
+        set!(cfg.ingest.max_message_bytes, args.max_message_bytes);
+        if cfg.auth_token.as_deref().is_some_and(|t| t.len() < 16) {
+            anyhow::bail!("auth token must be at least 16 characters; generate one with `openssl rand -hex 24`");
+        }
+        Ok(cfg)
+    }
+
+    fn from_file(p: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read config file {}", p.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            config: None,
+            nats_url: None,
+            data_dir: None,
+            http: None,
+            auth_token: None,
+            demo: None,
+            demo_rate: None,
+            query_timeout: None,
+            query_memory_mb: None,
+            max_message_bytes: None,
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(
+            &f,
+            "http = \"127.0.0.1:9999\"\ndemo_rate = 5\n[query]\ntimeout = \"2s\"\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(f);
+        a.demo_rate = Some(7);
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.http.port(), 9999);
+        assert_eq!(c.demo_rate, 7);
+        assert_eq!(c.query.timeout, Duration::from_secs(2));
+        assert_eq!(c.query.memory_limit_mb, 1024);
+    }
+
+    #[test]
+    fn unknown_keys_and_short_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(&f, "htp = \"x\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(f);
+        let e = format!("{:#}", Config::load(&a).unwrap_err());
+        assert!(e.contains("unknown field `htp`"), "{e}");
+        let mut a = args();
+        a.auth_token = Some("short".into());
+        assert!(Config::load(&a).is_err());
+    }
+}

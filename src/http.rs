@@ -1,0 +1,135 @@
+//! The HTTP surface of `passpulse serve`: the query and intake APIs under `/api` (behind the
+//! optional bearer token, compared in constant time), `/healthz` and `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use passpulse_engine::{Engine, event::Reason};
+use passpulse_ingest::IngestMetrics;
+use passpulse_ingest::intake::{self, IntakeState};
+use passpulse_query::{QueryMetrics, QueryState, error_response};
+use subtle::ConstantTimeEq;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub ingest: Arc<IngestMetrics>,
+    pub query: Arc<QueryMetrics>,
+    pub nats: async_nats::Client,
+}
+
+pub fn app(
+    state: AppState,
+    query: QueryState,
+    intake: IntakeState,
+    auth_token: Option<String>,
+    max_body: usize,
+) -> Router {
+    let api = passpulse_query::router(query)
+        .merge(intake::router(intake))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(auth_token),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+        .merge(api)
+}
+
+async fn require_token(
+    State(token): State<Arc<Option<String>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = token.as_deref() else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        next.run(req).await
+    } else {
+        let mut r = error_response(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token: send `Authorization: Bearer <token>`",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"passpulse\""),
+        );
+        r
+    }
+}
+
+async fn healthz(State(st): State<AppState>) -> Response {
+    let nats = match st.nats.connection_state() {
+        async_nats::connection::State::Connected => "connected",
+        async_nats::connection::State::Pending => "connecting",
+        async_nats::connection::State::Disconnected => "disconnected",
+    };
+    Json(serde_json::json!({
+        "status": "ok",
+        "nats": nats,
+        "events": st.engine.events_applied(),
+        "consumer_lag": IngestMetrics::get(&st.ingest.consumer_lag),
+    }))
+    .into_response()
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let mut out = String::with_capacity(4096);
+    let g = IngestMetrics::get;
+    let m = &st.ingest;
+
+    family(&mut out, "passpulse_events_ingested_total", "counter", "Events applied to the engine, by type.");
+    for (t, n) in st.engine.events_by_type() {
+        let _ = writeln!(out, "passpulse_events_ingested_total{{type=\"{t}\"}} {n}");
+    }
+    family(&mut out, "passpulse_dead_letters_total", "counter", "Refused events, by reason.");
+    for (r, n) in m.dead_letters() {
+        let _ = writeln!(out, "passpulse_dead_letters_total{{reason=\"{}\"}} {n}", Reason::as_str(r));
+    }
+    let simple: [(&str, &str, &str, u64); 8] = [
+        ("passpulse_messages_consumed_total", "counter", "NATS messages received by the engine consumer.", g(&m.messages)),
+        ("passpulse_consumer_lag_messages", "gauge", "Messages JetStream still holds for the engine consumer.", g(&m.consumer_lag)),
+        ("passpulse_consumer_last_sequence", "gauge", "Last stream sequence received.", g(&m.last_seq)),
+        ("passpulse_consumer_restarts_total", "counter", "Consumer re-positionings after broker errors or delivery gaps.", g(&m.consumer_restarts)),
+        ("passpulse_dead_letter_publish_failures_total", "counter", "Dead letters that could not be stored in the dead-letter stream.", g(&m.dead_letter_publish_failures)),
+        ("passpulse_http_events_accepted_total", "counter", "Lines accepted by POST /api/v1/events.", g(&m.http_accepted)),
+        ("passpulse_http_events_duplicate_total", "counter", "Lines of POST /api/v1/events the broker had already stored.", g(&m.http_duplicates)),
+        ("passpulse_http_events_rejected_total", "counter", "Lines refused by POST /api/v1/events.", g(&m.http_rejected)),
+    ];
+    for (name, kind, help, v) in simple {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    let hot = st.engine.hot_snapshot();
+    family(&mut out, "passpulse_hot_rows", "gauge", "Events held in the in-memory hot store.");
+    let _ = writeln!(out, "passpulse_hot_rows {}", hot.rows());
+    family(&mut out, "passpulse_hot_bytes", "gauge", "Bytes of Arrow buffers in the hot store.");
+    let _ = writeln!(out, "passpulse_hot_bytes {}", hot.bytes());
+    st.query.render(&mut out);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+        .into_response()
+}

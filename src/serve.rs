@@ -1,0 +1,141 @@
+//! `passpulse serve`: wires the bus, the engine, the query service and the HTTP API together,
+//! and shuts them down in order on Ctrl-C / SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream;
+use passpulse_engine::{EngineConfig, new_engine};
+use passpulse_ingest::intake::IntakeState;
+use passpulse_ingest::{
+    BusConfig, ConsumerOptions, IngestMetrics, ManagedNats, connect, ensure_streams,
+    run_engine_consumer, spawn_publisher,
+};
+use passpulse_query::{QueryConfig, QueryMetrics, QueryService, QueryState};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::Config;
+use crate::http::{AppState, app};
+
+pub async fn serve(cfg: Config) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let managed = match &cfg.nats_url {
+        Some(_) => None,
+        None => Some(ManagedNats::start(&cfg.data_dir.join("nats")).await?),
+    };
+    let url = match (&cfg.nats_url, &managed) {
+        (Some(u), _) => u.clone(),
+        (None, Some(m)) => m.url().to_string(),
+        (None, None) => unreachable!("managed server started above"),
+    };
+    let client = connect(&url).await?;
+    let js = jetstream::new(client.clone());
+    let bus = BusConfig {
+        max_message_bytes: cfg.ingest.max_message_bytes,
+        duplicate_window: cfg.ingest.duplicate_window,
+        ..BusConfig::default()
+    };
+    ensure_streams(&js, &bus).await?;
+
+    let (writer, engine) = new_engine(EngineConfig {
+        publish_interval: cfg.ingest.publish_interval,
+    });
+    let ingest_metrics = Arc::new(IngestMetrics::default());
+    let (sink, dead_letters) = spawn_publisher(js.clone(), bus.clone(), ingest_metrics.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(run_engine_consumer(
+        js.clone(),
+        bus.clone(),
+        ConsumerOptions::default(),
+        writer,
+        sink,
+        ingest_metrics.clone(),
+        stop_rx.clone(),
+    ));
+
+    let service = QueryService::new(
+        engine.clone(),
+        QueryConfig {
+            memory_limit: cfg.query.memory_limit_mb << 20,
+            timeout: cfg.query.timeout,
+            threads: cfg.query.threads,
+            max_result_bytes: cfg.query.max_result_mb << 20,
+        },
+    )?;
+    let query_metrics = Arc::new(QueryMetrics::default());
+    let router = app(
+        AppState {
+            engine: engine.clone(),
+            ingest: ingest_metrics.clone(),
+            query: query_metrics.clone(),
+            nats: client.clone(),
+        },
+        QueryState {
+            service: service.clone(),
+            engine: engine.clone(),
+            metrics: query_metrics,
+        },
+        IntakeState {
+            js: js.clone(),
+            bus: bus.clone(),
+            metrics: ingest_metrics,
+        },
+        cfg.auth_token.clone(),
+        cfg.ingest.max_body_mb << 20,
+    );
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, nats = %url, "passpulse serving");
+    println!("passpulse listening on http://{addr} (NATS {url})");
+
+    let demo = cfg.demo.then(|| {
+        tokio::spawn(crate::demo::run(
+            js.clone(),
+            bus.subject_prefix.clone(),
+            cfg.demo_rate,
+            stop_rx.clone(),
+        ))
+    });
+
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    if let Some(d) = demo {
+        let _ = d.await;
+    }
+    let _ = consumer.await;
+    let _ = dead_letters.await;
+    let _ = client.flush().await;
+    drop(service);
+    if let Some(m) = managed {
+        m.stop().await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -21,8 +21,8 @@ use passpulse_ingest::{
 use std::sync::Arc;
 use tokio::sync::watch;
 
-use crate::synth::{GenOptions, Generator};
 use crate::publish::publish_lines;
+use crate::synth::{GenOptions, Generator};
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -76,7 +76,10 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     .await
     .context("creating the bench stream")?;
 
-    eprintln!("generating and publishing {} events, {} per message…", args.events, args.batch);
+    eprintln!(
+        "generating and publishing {} events, {} per message…",
+        args.events, args.batch
+    );
     let generator = Generator::new(GenOptions {
         seed: args.seed,
         start_ms: 1_790_000_000_000,
@@ -106,7 +109,13 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
         let b = bare_round(&stream, &opts, messages_total).await?;
         let (e, bpe) = engine_round(&js, &bus, &opts, args.events).await?;
         let (b, e) = (args.events as f64 / b, args.events as f64 / e);
-        eprintln!("round {}: bare {:.0} events/s, engine {:.0} events/s ({:.1} %)", round + 1, b, e, 100.0 * e / b);
+        eprintln!(
+            "round {}: bare {:.0} events/s, engine {:.0} events/s ({:.1} %)",
+            round + 1,
+            b,
+            e,
+            100.0 * e / b
+        );
         bare.push(b);
         eng.push(e);
         bytes = bpe;
@@ -114,7 +123,11 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     let (b, e) = (median(bare), median(eng));
     println!("events            {}", args.events);
     println!("events/message    {}", args.batch);
-    println!("bare consumer     {:.0} events/s ({:.0} messages/s)", b, b / args.batch as f64);
+    println!(
+        "bare consumer     {:.0} events/s ({:.0} messages/s)",
+        b,
+        b / args.batch as f64
+    );
     println!("engine            {:.0} events/s", e);
     println!("engine / bare     {:.1} %", 100.0 * e / b);
     println!("hot store         {:.1} bytes/event", bytes);
@@ -132,7 +145,10 @@ async fn bare_round(stream: &stream::Stream, opts: &ConsumerOptions, expected: u
         .await
         .map_err(anyhow::Error::msg)?;
     let started = Instant::now();
-    let mut msgs = messages(&consumer, opts).await.map_err(anyhow::Error::msg)?.ready_chunks(opts.chunk);
+    let mut msgs = messages(&consumer, opts)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .ready_chunks(opts.chunk);
     let mut got = 0u64;
     while got < expected {
         let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), msgs.next()).await? else {

@@ -159,7 +159,9 @@ impl Config {
         set!(cfg.query.memory_limit_mb, args.query_memory_mb);
         set!(cfg.ingest.max_message_bytes, args.max_message_bytes);
         if cfg.auth_token.as_deref().is_some_and(|t| t.len() < 16) {
-            anyhow::bail!("auth token must be at least 16 characters; generate one with `openssl rand -hex 24`");
+            anyhow::bail!(
+                "auth token must be at least 16 characters; generate one with `openssl rand -hex 24`"
+            );
         }
         Ok(cfg)
     }

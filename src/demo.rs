@@ -8,10 +8,15 @@ use passpulse_engine::time::now_millis;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::synth::{GenOptions, Generator};
 use crate::publish::publish_lines;
+use crate::synth::{GenOptions, Generator};
 
-pub async fn run(js: jetstream::Context, prefix: String, rate: u32, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    js: jetstream::Context,
+    prefix: String,
+    rate: u32,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut generator = Generator::new(GenOptions {
         seed: now_millis() as u64,
         start_ms: now_millis(),

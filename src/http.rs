@@ -99,36 +99,103 @@ async fn metrics(State(st): State<AppState>) -> Response {
     let g = IngestMetrics::get;
     let m = &st.ingest;
 
-    family(&mut out, "passpulse_events_ingested_total", "counter", "Events applied to the engine, by type.");
+    family(
+        &mut out,
+        "passpulse_events_ingested_total",
+        "counter",
+        "Events applied to the engine, by type.",
+    );
     for (t, n) in st.engine.events_by_type() {
         let _ = writeln!(out, "passpulse_events_ingested_total{{type=\"{t}\"}} {n}");
     }
-    family(&mut out, "passpulse_dead_letters_total", "counter", "Refused events, by reason.");
+    family(
+        &mut out,
+        "passpulse_dead_letters_total",
+        "counter",
+        "Refused events, by reason.",
+    );
     for (r, n) in m.dead_letters() {
-        let _ = writeln!(out, "passpulse_dead_letters_total{{reason=\"{}\"}} {n}", Reason::as_str(r));
+        let _ = writeln!(
+            out,
+            "passpulse_dead_letters_total{{reason=\"{}\"}} {n}",
+            Reason::as_str(r)
+        );
     }
     let simple: [(&str, &str, &str, u64); 8] = [
-        ("passpulse_messages_consumed_total", "counter", "NATS messages received by the engine consumer.", g(&m.messages)),
-        ("passpulse_consumer_lag_messages", "gauge", "Messages JetStream still holds for the engine consumer.", g(&m.consumer_lag)),
-        ("passpulse_consumer_last_sequence", "gauge", "Last stream sequence received.", g(&m.last_seq)),
-        ("passpulse_consumer_restarts_total", "counter", "Consumer re-positionings after broker errors or delivery gaps.", g(&m.consumer_restarts)),
-        ("passpulse_dead_letter_publish_failures_total", "counter", "Dead letters that could not be stored in the dead-letter stream.", g(&m.dead_letter_publish_failures)),
-        ("passpulse_http_events_accepted_total", "counter", "Lines accepted by POST /api/v1/events.", g(&m.http_accepted)),
-        ("passpulse_http_events_duplicate_total", "counter", "Lines of POST /api/v1/events the broker had already stored.", g(&m.http_duplicates)),
-        ("passpulse_http_events_rejected_total", "counter", "Lines refused by POST /api/v1/events.", g(&m.http_rejected)),
+        (
+            "passpulse_messages_consumed_total",
+            "counter",
+            "NATS messages received by the engine consumer.",
+            g(&m.messages),
+        ),
+        (
+            "passpulse_consumer_lag_messages",
+            "gauge",
+            "Messages JetStream still holds for the engine consumer.",
+            g(&m.consumer_lag),
+        ),
+        (
+            "passpulse_consumer_last_sequence",
+            "gauge",
+            "Last stream sequence received.",
+            g(&m.last_seq),
+        ),
+        (
+            "passpulse_consumer_restarts_total",
+            "counter",
+            "Consumer re-positionings after broker errors or delivery gaps.",
+            g(&m.consumer_restarts),
+        ),
+        (
+            "passpulse_dead_letter_publish_failures_total",
+            "counter",
+            "Dead letters that could not be stored in the dead-letter stream.",
+            g(&m.dead_letter_publish_failures),
+        ),
+        (
+            "passpulse_http_events_accepted_total",
+            "counter",
+            "Lines accepted by POST /api/v1/events.",
+            g(&m.http_accepted),
+        ),
+        (
+            "passpulse_http_events_duplicate_total",
+            "counter",
+            "Lines of POST /api/v1/events the broker had already stored.",
+            g(&m.http_duplicates),
+        ),
+        (
+            "passpulse_http_events_rejected_total",
+            "counter",
+            "Lines refused by POST /api/v1/events.",
+            g(&m.http_rejected),
+        ),
     ];
     for (name, kind, help, v) in simple {
         family(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {v}");
     }
     let hot = st.engine.hot_snapshot();
-    family(&mut out, "passpulse_hot_rows", "gauge", "Events held in the in-memory hot store.");
+    family(
+        &mut out,
+        "passpulse_hot_rows",
+        "gauge",
+        "Events held in the in-memory hot store.",
+    );
     let _ = writeln!(out, "passpulse_hot_rows {}", hot.rows());
-    family(&mut out, "passpulse_hot_bytes", "gauge", "Bytes of Arrow buffers in the hot store.");
+    family(
+        &mut out,
+        "passpulse_hot_bytes",
+        "gauge",
+        "Bytes of Arrow buffers in the hot store.",
+    );
     let _ = writeln!(out, "passpulse_hot_bytes {}", hot.bytes());
     st.query.render(&mut out);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()

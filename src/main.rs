@@ -18,7 +18,11 @@ use clap::{Parser, Subcommand};
 use passpulse_engine::time::{now_millis, parse_rfc3339_millis};
 
 #[derive(Debug, Parser)]
-#[command(name = "passpulse", version, about = "Wallet-pass analytics on NATS JetStream, Arrow and DataFusion")]
+#[command(
+    name = "passpulse",
+    version,
+    about = "Wallet-pass analytics on NATS JetStream, Arrow and DataFusion"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -72,7 +76,11 @@ struct PublishArgs {
     /// Events per NATS message.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    #[arg(long, env = "PASSPULSE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "PASSPULSE_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     nats_url: String,
     /// Subject prefix of the event stream.
     #[arg(long, default_value = "passpulse.events")]
@@ -151,27 +159,29 @@ fn generate(a: GenArgs) -> Result<()> {
 async fn publish(a: PublishArgs) -> Result<()> {
     let client = passpulse_ingest::connect(&a.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let (lines, total): (Box<dyn Iterator<Item = String>>, Option<u64>) = match (&a.file, a.generate) {
-        (_, Some(n)) => {
-            let g = synth::Generator::new(synth::GenOptions {
-                seed: a.seed,
-                start_ms: now_millis() - 30 * passpulse_engine::time::DAY_MS,
-                arrivals_per_day: 2_000.0,
-            });
-            (Box::new(g.take(n as usize)), Some(n))
-        }
-        (Some(p), None) => {
-            let reader: Box<dyn BufRead> = if p.as_os_str() == "-" {
-                Box::new(std::io::stdin().lock())
-            } else {
-                Box::new(std::io::BufReader::new(
-                    std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
-                ))
-            };
-            (Box::new(reader.lines().map_while(Result::ok)), None)
-        }
-        (None, None) => anyhow::bail!("give --file FILE (or - for stdin) or --generate N"),
-    };
+    let (lines, total): (Box<dyn Iterator<Item = String>>, Option<u64>) =
+        match (&a.file, a.generate) {
+            (_, Some(n)) => {
+                let g = synth::Generator::new(synth::GenOptions {
+                    seed: a.seed,
+                    start_ms: now_millis() - 30 * passpulse_engine::time::DAY_MS,
+                    arrivals_per_day: 2_000.0,
+                });
+                (Box::new(g.take(n as usize)), Some(n))
+            }
+            (Some(p), None) => {
+                let reader: Box<dyn BufRead> = if p.as_os_str() == "-" {
+                    Box::new(std::io::stdin().lock())
+                } else {
+                    Box::new(std::io::BufReader::new(
+                        std::fs::File::open(p)
+                            .with_context(|| format!("cannot open {}", p.display()))?,
+                    ))
+                };
+                (Box::new(reader.lines().map_while(Result::ok)), None)
+            }
+            (None, None) => anyhow::bail!("give --file FILE (or - for stdin) or --generate N"),
+        };
     let s = publish::publish_lines(&js, &a.prefix, lines, total, a.batch, true).await?;
     println!(
         "published {} events in {} messages in {:.2} s: {:.0} events/s ({} duplicate messages)",

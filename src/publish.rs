@@ -42,7 +42,9 @@ pub async fn publish_lines(
 ) -> Result<PublishStats> {
     anyhow::ensure!(batch >= 1, "--batch must be at least 1");
     let bar = if progress {
-        let b = total.map(ProgressBar::new).unwrap_or_else(ProgressBar::no_length);
+        let b = total
+            .map(ProgressBar::new)
+            .unwrap_or_else(ProgressBar::no_length);
         b.set_style(
             ProgressStyle::with_template(
                 "{spinner} {pos}/{len} events [{elapsed_precise}] {per_sec} {wide_bar}",
@@ -93,7 +95,11 @@ pub async fn publish_lines(
         }
         let mut msg = PublishMessage::build().payload(payload.into());
         if !first_id.is_empty() {
-            let id = if batch == 1 { first_id } else { format!("{first_id}..{last_id}#{n}") };
+            let id = if batch == 1 {
+                first_id
+            } else {
+                format!("{first_id}..{last_id}#{n}")
+            };
             msg = msg.message_id(id);
         }
         let ack = js
@@ -114,7 +120,10 @@ pub async fn publish_lines(
 }
 
 fn settle(
-    r: Option<(u64, Result<jetstream::publish::PublishAck, jetstream::context::PublishError>)>,
+    r: Option<(
+        u64,
+        Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    )>,
     stats: &mut PublishStats,
     bar: &ProgressBar,
 ) -> Result<()> {

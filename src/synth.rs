@@ -24,7 +24,13 @@ use rand_chacha::ChaCha8Rng;
 const SOURCES: [(&str, u32, f64, f64, &[&str]); 6] = [
     ("email", 30, 0.62, 0.71, &["newsletter-w47", "winback-q4"]),
     ("sms", 15, 0.55, 0.80, &["points-reminder", "flash-sale"]),
-    ("web", 20, 0.41, 0.56, &["homepage-banner", "checkout-upsell"]),
+    (
+        "web",
+        20,
+        0.41,
+        0.56,
+        &["homepage-banner", "checkout-upsell"],
+    ),
     ("qr", 18, 0.83, 0.88, &["till-poster", "receipt-qr"]),
     ("pos", 10, 0.91, 0.90, &["staff-signup"]),
     ("social", 7, 0.28, 0.47, &["insta-story", "tiktok-creator"]),
@@ -124,6 +130,7 @@ pub struct Generator {
     slots: Vec<Option<Ev>>,
     free: Vec<usize>,
     order: u64,
+    clock: i64,
     next_arrival: i64,
     customers: u32,
     devices: u32,
@@ -152,6 +159,7 @@ impl Generator {
         Generator {
             rng: ChaCha8Rng::seed_from_u64(opts.seed),
             next_arrival: opts.start_ms,
+            clock: opts.start_ms,
             id_prefix: format!("g{:x}-", opts.seed),
             opts,
             heap: BinaryHeap::new(),
@@ -164,7 +172,10 @@ impl Generator {
         }
     }
 
-    fn push(&mut self, e: Ev) {
+    /// Queues an event; nothing may be queued before the arrival being drawn, which keeps the
+    /// output in time order.
+    fn push(&mut self, mut e: Ev) {
+        e.ts = e.ts.max(self.clock);
         let slot = match self.free.pop() {
             Some(i) => {
                 self.slots[i] = Some(e);
@@ -199,6 +210,7 @@ impl Generator {
 
     /// Draws one customer's journey and queues its events.
     fn arrive(&mut self, t: i64) {
+        self.clock = t;
         self.customers += 1;
         let s = pick(&mut self.rng, SOURCES.iter().map(|s| s.1));
         let (_, _, p_issue, p_install, campaigns) = SOURCES[s];
@@ -273,7 +285,11 @@ impl Generator {
         if let Some(r) = removed
             && self.rng.gen_bool(0.1)
         {
-            let mut e = Ev::new(r + (exp(&mut self.rng, 7.0) * DAY_MS as f64) as i64, T::PassInstalled, &c);
+            let mut e = Ev::new(
+                r + (exp(&mut self.rng, 7.0) * DAY_MS as f64) as i64,
+                T::PassInstalled,
+                &c,
+            );
             e.device = devices[0].0;
             e.apple = devices[0].1;
             self.push(e);
@@ -291,7 +307,9 @@ impl Generator {
             } else {
                 pick(&mut self.rng, LOCATIONS.iter().map(|l| l.1))
             };
-            let ts = self.visit_time(day - day.rem_euclid(DAY_MS), loc).max(installed + 1);
+            let ts = self
+                .visit_time(day - day.rem_euclid(DAY_MS), loc)
+                .max(installed + 1);
             let mut scan = Ev::new(ts, T::Scan, &c);
             scan.location = loc as u8;
             scan.lane = self.rng.gen_range(1..4);
@@ -302,7 +320,11 @@ impl Generator {
             }
             let offer = self.rng.gen_range(0..OFFERS.len()) as u8;
             if self.rng.gen_bool(0.3) {
-                let mut v = Ev::new(ts - self.rng.gen_range(60_000..3_600_000), T::OfferViewed, &c);
+                let mut v = Ev::new(
+                    ts - self.rng.gen_range(60_000..3_600_000),
+                    T::OfferViewed,
+                    &c,
+                );
                 v.offer = offer;
                 self.push(v);
                 if self.rng.gen_bool(0.5) {
@@ -418,7 +440,11 @@ impl Generator {
         }
         if e.device != 0 {
             let platform = if e.apple { "apple" } else { "google" };
-            let _ = write!(s, r#","device":"D{:08x}","platform":"{platform}""#, e.device.wrapping_mul(2_654_435_761));
+            let _ = write!(
+                s,
+                r#","device":"D{:08x}","platform":"{platform}""#,
+                e.device.wrapping_mul(2_654_435_761)
+            );
         }
         if e.location != u8::MAX {
             let loc = LOCATIONS[e.location as usize].0;
@@ -490,7 +516,15 @@ mod tests {
             assert!(ts >= last, "events come out in time order");
             last = ts;
         }
-        for t in ["pass.issued", "pass.installed", "pass.uninstalled", "scan", "redemption", "link.clicked", "push.sent"] {
+        for t in [
+            "pass.issued",
+            "pass.installed",
+            "pass.uninstalled",
+            "scan",
+            "redemption",
+            "link.clicked",
+            "push.sent",
+        ] {
             assert!(kinds.contains(t), "{t} missing from {kinds:?}");
         }
     }

@@ -12,7 +12,9 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::aggregates::{Aggregates, DistinctRow, FunnelCount, RELATIVE_ERROR, SliceCount, TableName};
+use crate::aggregates::{
+    Aggregates, DistinctRow, FunnelCount, RELATIVE_ERROR, SliceCount, TableName,
+};
 use crate::event::{DecodedBatch, EventType};
 use crate::store::{HotReader, HotSnapshot, HotStore};
 use crate::time;
@@ -155,10 +157,7 @@ impl Engine {
         let today = time::day(wm);
         let distinct = DistinctStats {
             all: distinct_rows[0],
-            today: distinct_rows
-                .iter()
-                .find(|r| r.day == Some(today))
-                .copied(),
+            today: distinct_rows.iter().find(|r| r.day == Some(today)).copied(),
             relative_error: RELATIVE_ERROR,
         };
         let funnel = a

@@ -112,7 +112,8 @@ impl Builders {
             match v {
                 // MAX_BATCH_ROWS makes overflow impossible; see module docs.
                 Some(v) => {
-                    b.append(v).expect("dictionary keys sized for MAX_BATCH_ROWS");
+                    b.append(v)
+                        .expect("dictionary keys sized for MAX_BATCH_ROWS");
                 }
                 None => b.append_null(),
             }

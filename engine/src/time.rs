@@ -53,7 +53,10 @@ mod tests {
     #[test]
     fn rfc3339_with_offset_and_fraction() {
         assert_eq!(parse_rfc3339_millis("1970-01-01T00:00:01Z"), Some(1000));
-        assert_eq!(parse_rfc3339_millis("1970-01-01T01:00:01.5+01:00"), Some(1500));
+        assert_eq!(
+            parse_rfc3339_millis("1970-01-01T01:00:01.5+01:00"),
+            Some(1500)
+        );
         assert_eq!(parse_rfc3339_millis("1969-12-31T23:59:59Z"), None);
         assert_eq!(parse_rfc3339_millis("yesterday"), None);
     }

@@ -235,7 +235,9 @@ async fn receive_loop(
                 };
                 let (seq, cseq, pending) = info;
                 if cseq != last_cseq + 1 {
-                    broken = Some(format!("delivery gap: consumer sequence {cseq} after {last_cseq}"));
+                    broken = Some(format!(
+                        "delivery gap: consumer sequence {cseq} after {last_cseq}"
+                    ));
                     break;
                 }
                 last_cseq = cseq;

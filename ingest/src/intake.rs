@@ -96,9 +96,15 @@ async fn post_events(State(st): State<IntakeState>, body: Bytes) -> Response {
         }
     }
     report.errors.sort_by_key(|e| e.line);
-    st.metrics.http_accepted.fetch_add(report.accepted as u64, Relaxed);
-    st.metrics.http_duplicates.fetch_add(report.duplicate as u64, Relaxed);
-    st.metrics.http_rejected.fetch_add(report.rejected as u64, Relaxed);
+    st.metrics
+        .http_accepted
+        .fetch_add(report.accepted as u64, Relaxed);
+    st.metrics
+        .http_duplicates
+        .fetch_add(report.duplicate as u64, Relaxed);
+    st.metrics
+        .http_rejected
+        .fetch_add(report.rejected as u64, Relaxed);
 
     let stored = report.accepted + report.duplicate;
     let status = if report.failed > 0 && stored == 0 {

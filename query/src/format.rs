@@ -92,7 +92,11 @@ impl Encoder {
                     .with_explicit_nulls(true)
                     .build::<_, LineDelimited>(buf.clone()),
             ),
-            Format::Csv => Inner::Csv(csv::WriterBuilder::new().with_header(true).build(buf.clone())),
+            Format::Csv => Inner::Csv(
+                csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(buf.clone()),
+            ),
             Format::Arrow => Inner::Arrow(StreamWriter::try_new(buf.clone(), schema)?),
             Format::Parquet => {
                 let props = WriterProperties::builder()

@@ -138,7 +138,14 @@ async fn run(st: QueryState, sql: String, format: Option<String>) -> Response {
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, io::Error>>(4);
     let service = st.service.clone();
     let metrics = st.metrics.clone();
-    service.runtime().spawn(execute(service.clone(), metrics, sql, format, head_tx, body_tx));
+    service.runtime().spawn(execute(
+        service.clone(),
+        metrics,
+        sql,
+        format,
+        head_tx,
+        body_tx,
+    ));
     match head_rx.await {
         Ok(Ok(())) => Response::builder()
             .status(StatusCode::OK)
@@ -148,7 +155,10 @@ async fn run(st: QueryState, sql: String, format: Option<String>) -> Response {
             ))
             .unwrap_or_else(|e| error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         Ok(Err(e)) => error_response(status_of(&e), e.to_string()),
-        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "query task ended unexpectedly"),
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "query task ended unexpectedly",
+        ),
     }
 }
 
@@ -173,7 +183,8 @@ async fn execute(
             .await
             .transpose()
             .map_err(|e| service.map_err(e))?;
-        let mut enc = Encoder::new(format, &schema).map_err(|e| QueryError::Internal(e.to_string()))?;
+        let mut enc =
+            Encoder::new(format, &schema).map_err(|e| QueryError::Internal(e.to_string()))?;
         if let Some(h) = head.take() {
             let _ = h.send(Ok(()));
         }
@@ -181,7 +192,8 @@ async fn execute(
         let mut next = first;
         while let Some(batch) = next {
             rows += batch.num_rows() as u64;
-            enc.write(&batch).map_err(|e| QueryError::Execution(e.to_string()))?;
+            enc.write(&batch)
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
             let chunk = enc.take();
             sent += chunk.len();
             if sent > cfg.max_result_bytes {
@@ -196,7 +208,9 @@ async fn execute(
                 .transpose()
                 .map_err(|e| service.map_err(e))?;
         }
-        let tail = enc.finish().map_err(|e| QueryError::Execution(e.to_string()))?;
+        let tail = enc
+            .finish()
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
         if !tail.is_empty() {
             let _ = body_tx.send(Ok(tail.into())).await;
         }

@@ -17,7 +17,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 4] = [Outcome::Ok, Outcome::Refused, Outcome::Error, Outcome::Timeout];
+    const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Refused,
+        Outcome::Error,
+        Outcome::Timeout,
+    ];
     fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -65,7 +70,8 @@ impl QueryMetrics {
                 self.buckets[i].fetch_add(1, Relaxed);
             }
         }
-        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
         self.count.fetch_add(1, Relaxed);
         self.rows.fetch_add(rows, Relaxed);
     }
@@ -76,7 +82,10 @@ impl QueryMetrics {
 
     /// Prometheus text exposition.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP passpulse_queries_total SQL queries by outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP passpulse_queries_total SQL queries by outcome."
+        );
         let _ = writeln!(out, "# TYPE passpulse_queries_total counter");
         for o in Outcome::ALL {
             let _ = writeln!(
@@ -86,12 +95,22 @@ impl QueryMetrics {
                 self.count(o)
             );
         }
-        let _ = writeln!(out, "# HELP passpulse_queries_running SQL queries executing now.");
+        let _ = writeln!(
+            out,
+            "# HELP passpulse_queries_running SQL queries executing now."
+        );
         let _ = writeln!(out, "# TYPE passpulse_queries_running gauge");
         let _ = writeln!(out, "passpulse_queries_running {}", self.running());
-        let _ = writeln!(out, "# HELP passpulse_query_rows_total Rows returned by SQL queries.");
+        let _ = writeln!(
+            out,
+            "# HELP passpulse_query_rows_total Rows returned by SQL queries."
+        );
         let _ = writeln!(out, "# TYPE passpulse_query_rows_total counter");
-        let _ = writeln!(out, "passpulse_query_rows_total {}", self.rows.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "passpulse_query_rows_total {}",
+            self.rows.load(Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP passpulse_query_duration_seconds Wall time of SQL queries, planning to last byte."
@@ -105,7 +124,10 @@ impl QueryMetrics {
             );
         }
         let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "passpulse_query_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "passpulse_query_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             out,
             "passpulse_query_duration_seconds_sum {}",

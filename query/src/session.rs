@@ -9,6 +9,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -94,7 +95,9 @@ pub struct QueryService {
 
 impl std::fmt::Debug for QueryService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueryService").field("cfg", &self.cfg).finish()
+        f.debug_struct("QueryService")
+            .field("cfg", &self.cfg)
+            .finish()
     }
 }
 
@@ -116,6 +119,10 @@ impl QueryService {
             .with_memory_pool(Arc::new(pool))
             // Parquet files appear under a running server: never cache directory listings.
             .with_object_list_cache_limit(0)
+            // No spilling: a query is bounded by the memory limit and never fills the disk.
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         let session_cfg = SessionConfig::new()
@@ -160,7 +167,10 @@ impl QueryService {
 
     /// Plans `sql`, refuses anything that is not read-only, and starts execution.
     /// Call on the query runtime.
-    pub async fn start(&self, sql: &str) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
+    pub async fn start(
+        &self,
+        sql: &str,
+    ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
         let state = self.ctx.state();
         let plan = state
             .create_logical_plan(sql)

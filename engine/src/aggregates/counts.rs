@@ -6,7 +6,8 @@ use ahash::AHashMap;
 use crate::event::EventType;
 use crate::time;
 
-const RETAIN_MINUTES: i64 = 10_080;
+/// Minutes of per-minute counts kept behind the watermark (7 days).
+pub(crate) const RETAIN_MINUTES: i64 = 10_080;
 const N: usize = EventType::COUNT;
 
 #[derive(Debug, Default)]
@@ -40,7 +41,12 @@ impl TypeCounts {
     /// (minute start millis, type, count) for every non-zero bucket, ordered by minute then type.
     pub fn per_minute(&self, since_ms: i64) -> Vec<(i64, EventType, u64)> {
         let since = time::minute(since_ms);
-        let mut keys: Vec<i64> = self.minutes.keys().copied().filter(|m| *m >= since).collect();
+        let mut keys: Vec<i64> = self
+            .minutes
+            .keys()
+            .copied()
+            .filter(|m| *m >= since)
+            .collect();
         keys.sort_unstable();
         let mut out = Vec::new();
         for m in keys {
@@ -67,10 +73,7 @@ mod tests {
         assert_eq!(c.total(), 3);
         assert_eq!(
             c.per_minute(0),
-            vec![
-                (0, EventType::Scan, 2),
-                (60_000, EventType::Redemption, 1)
-            ]
+            vec![(0, EventType::Scan, 2), (60_000, EventType::Redemption, 1)]
         );
         c.prune(30 * time::DAY_MS);
         assert!(c.per_minute(0).is_empty());

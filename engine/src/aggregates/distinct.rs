@@ -111,7 +111,13 @@ fn hash(v: Option<&str>) -> Option<u64> {
 }
 
 impl Distinct {
-    pub fn apply(&mut self, ts: i64, pass: Option<&str>, device: Option<&str>, customer: Option<&str>) {
+    pub fn apply(
+        &mut self,
+        ts: i64,
+        pass: Option<&str>,
+        device: Option<&str>,
+        customer: Option<&str>,
+    ) {
         let h = [hash(pass), hash(device), hash(customer)];
         if h.iter().all(Option::is_none) {
             return;
@@ -166,8 +172,15 @@ mod tests {
         let all = rows[0];
         assert_eq!(all.day, None);
         let err = (all.passes as f64 - 50_000.0).abs() / 50_000.0;
-        assert!(err < 4.0 * RELATIVE_ERROR, "passes {} off by {err}", all.passes);
-        assert_eq!(all.devices, 1000, "small cardinalities are exact in sparse mode");
+        assert!(
+            err < 4.0 * RELATIVE_ERROR,
+            "passes {} off by {err}",
+            all.passes
+        );
+        assert_eq!(
+            all.devices, 1000,
+            "small cardinalities are exact in sparse mode"
+        );
         assert_eq!(all.customers, 0);
         assert_eq!(rows[1].day, Some(0));
         assert_eq!(rows[1].devices, 500);

@@ -151,7 +151,10 @@ mod tests {
         p.prune(30 * time::DAY_MS);
         let rows = p.peaks(30 * time::DAY_MS);
         let all = rows.iter().find(|r| r.window == "all").unwrap();
-        assert_eq!((all.peak_count, all.peak_minute, all.scans), (4, Some(0), 5));
+        assert_eq!(
+            (all.peak_count, all.peak_minute, all.scans),
+            (4, Some(0), 5)
+        );
         let week = rows.iter().find(|r| r.window == "7d").unwrap();
         assert_eq!((week.peak_count, week.scans), (1, 1));
     }

@@ -195,7 +195,11 @@ impl Passes {
 
     fn mark(&mut self, pass: Option<&str>, stage: u8) {
         let Some(pass) = pass else { return };
-        if self.passes.get(pass).is_some_and(|st| st.stages & stage != 0) {
+        if self
+            .passes
+            .get(pass)
+            .is_some_and(|st| st.stages & stage != 0)
+        {
             return;
         }
         let st = self.state(pass);
@@ -297,7 +301,11 @@ mod tests {
     }
 
     fn inst(id: &str, pass: &str, dev: &str, plat: &str, ts: i64, on: bool) -> String {
-        let t = if on { "pass.installed" } else { "pass.uninstalled" };
+        let t = if on {
+            "pass.installed"
+        } else {
+            "pass.uninstalled"
+        };
         format!(
             r#"{{"id":"{id}","type":"{t}","ts":{ts},"pass":"{pass}","device":"{dev}","platform":"{plat}"}}"#
         )
@@ -316,7 +324,13 @@ mod tests {
                 &inst("4", "A", "d1", "apple", 20, false),
             ],
         );
-        assert_eq!(p.all, SliceCount { active_passes: 2, live_registrations: 2 });
+        assert_eq!(
+            p.all,
+            SliceCount {
+                active_passes: 2,
+                live_registrations: 2
+            }
+        );
         assert_eq!(p.by_platform[Platform::Apple as usize].active_passes, 1);
         assert_eq!(p.by_platform[Platform::Google as usize].active_passes, 1);
         assert_eq!(p.by_program["gold"].active_passes, 1);
@@ -348,7 +362,13 @@ mod tests {
                 &inst("i", "A", "d1", "apple", 10, true),
             ],
         );
-        assert_eq!(p.all, SliceCount { active_passes: 1, live_registrations: 1 });
+        assert_eq!(
+            p.all,
+            SliceCount {
+                active_passes: 1,
+                live_registrations: 1
+            }
+        );
     }
 
     #[test]
@@ -367,7 +387,13 @@ mod tests {
         assert_eq!(p.funnel[UNKNOWN].installed, 0);
         assert_eq!(
             p.funnel["sms"],
-            FunnelCount { clicked: 0, issued: 1, installed: 1, scanned: 1, redeemed: 0 }
+            FunnelCount {
+                clicked: 0,
+                issued: 1,
+                installed: 1,
+                scanned: 1,
+                redeemed: 0
+            }
         );
     }
 }

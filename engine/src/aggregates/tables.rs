@@ -11,6 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::Aggregates;
+use super::counts::RETAIN_MINUTES;
 use super::passes::SliceCount;
 use crate::event::Platform;
 use crate::schema::ts_type;
@@ -106,7 +107,11 @@ impl Aggregates {
         let p = &self.passes;
         let mut rows = vec![("all", None, p.all)];
         for pl in Platform::ALL {
-            rows.push(("platform", Some(pl.as_str().to_string()), p.by_platform[pl as usize]));
+            rows.push((
+                "platform",
+                Some(pl.as_str().to_string()),
+                p.by_platform[pl as usize],
+            ));
         }
         for (dim, map) in [("program", &p.by_program), ("source", &p.by_source)] {
             let mut v: Vec<_> = map.iter().collect();
@@ -183,7 +188,10 @@ impl Aggregates {
         let mut minute = TimestampMillisecondBuilder::new().with_data_type(ts_type());
         let mut kind = StringBuilder::new();
         let mut count = UInt64Builder::new();
-        for (m, t, c) in self.counts.per_minute(i64::MIN) {
+        // exactly the 7 days of minutes up to the watermark's (pruning may keep a little more)
+        let wm = crate::time::minute(self.watermark.unwrap_or(0));
+        let since = (wm - RETAIN_MINUTES + 1) * crate::time::MINUTE_MS;
+        for (m, t, c) in self.counts.per_minute(since) {
             minute.append_value(m);
             kind.append_value(t.as_str());
             count.append_value(c);

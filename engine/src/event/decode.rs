@@ -12,8 +12,8 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::batch::{
-    DecodedBatch, F_ATTRS, F_CAMPAIGN, F_CUSTOMER, F_DEVICE, F_ID, F_LOCATION, F_OFFER,
-    F_OPERATOR, F_PASS, F_PROGRAM, F_RESULT, F_SOURCE, Row, STR_FIELDS, Span,
+    DecodedBatch, F_ATTRS, F_CAMPAIGN, F_CUSTOMER, F_DEVICE, F_ID, F_LOCATION, F_OFFER, F_OPERATOR,
+    F_PASS, F_PROGRAM, F_RESULT, F_SOURCE, Row, STR_FIELDS, Span,
 };
 use super::error::{EventError, Reason};
 use super::kind::{EventType, Field, Platform};
@@ -96,20 +96,18 @@ pub fn decode_line(
         )
     })?;
     let mut de = serde_json::Deserializer::from_str(text);
-    let raw = de
-        .deserialize_any(RawVisitor)
+    let mut raw = Raw::default();
+    let other = de
+        .deserialize_any(RawVisitor(&mut raw))
         .map_err(|e| json_error(index, &e))?;
     de.end().map_err(|e| json_error(index, &e))?;
-    let raw = match raw {
-        Top::Object(raw) => raw,
-        Top::Other(kind) => {
-            return Err(EventError::new(
-                index,
-                Reason::WrongType,
-                format!("expected a JSON object, got {kind}"),
-            ));
-        }
-    };
+    if let Some(kind) = other {
+        return Err(EventError::new(
+            index,
+            Reason::WrongType,
+            format!("expected a JSON object, got {kind}"),
+        ));
+    }
     let mark = out.arena_len();
     let res = validate(raw, index, seq, out);
     if res.is_err() {
@@ -269,11 +267,6 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 }
 
-enum Top<'a> {
-    Object(Raw<'a>),
-    Other(&'static str),
-}
-
 #[derive(Default)]
 struct Raw<'a> {
     vals: [Option<Val<'a>>; N_FIELDS],
@@ -281,15 +274,16 @@ struct Raw<'a> {
     duplicate: Option<&'static str>,
 }
 
-struct RawVisitor;
+/// Parses the top-level value into a [`Raw`]; yields `Some(kind)` if it is not an object.
+struct RawVisitor<'r, 'a>(&'r mut Raw<'a>);
 
-impl<'de> Visitor<'de> for RawVisitor {
-    type Value = Top<'de>;
+impl<'de> Visitor<'de> for RawVisitor<'_, 'de> {
+    type Value = Option<&'static str>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut raw = Raw::default();
+        let raw = self.0;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             match NAMES.iter().position(|n| *n == key) {
                 Some(k) => {
@@ -307,29 +301,29 @@ impl<'de> Visitor<'de> for RawVisitor {
                 }
             }
         }
-        Ok(Top::Object(raw))
+        Ok(None)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Top::Other("an array"))
+        Ok(Some("an array"))
     }
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Top::Other("a string"))
+        Ok(Some("a string"))
     }
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Top::Other("a number"))
+        Ok(Some("a number"))
     }
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Top::Other("a number"))
+        Ok(Some("a number"))
     }
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Top::Other("a number"))
+        Ok(Some("a number"))
     }
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Top::Other("a boolean"))
+        Ok(Some("a boolean"))
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Top::Other("null"))
+        Ok(Some("null"))
     }
 }
 
@@ -421,7 +415,10 @@ fn validate(
                 index,
                 "platform",
                 Reason::InvalidValue,
-                format!("expected \"apple\" or \"google\", got {}", Val::Str(s).kind()),
+                format!(
+                    "expected \"apple\" or \"google\", got {}",
+                    Val::Str(s).kind()
+                ),
             )
         })?),
         Some(v) => return Err(wrong(index, "platform", "\"apple\" or \"google\"", &v)),
@@ -690,22 +687,76 @@ mod tests {
     #[test]
     fn precise_errors() {
         let cases: &[(&str, Reason, &str)] = &[
-            (r#"{"id":"e","type":"scan","ts":"yesterday","pass":"p","location":"l","device":"d","operator":"o"}"#,
-             Reason::InvalidValue, r#"event 1: field "ts": expected RFC 3339 or epoch millis, got "yesterday""#),
-            (r#"{"id":"e","type":"pass.exploded","ts":1}"#, Reason::UnknownType, "event 1: field \"type\": unknown event type \"pass.exploded\""),
-            (r#"{"id":"e","type":"pass.installed","ts":1,"pass":"p","platform":"apple"}"#,
-             Reason::MissingField, r#"event 1: field "device": missing (required for pass.installed)"#),
-            (r#"{"id":5,"type":"scan","ts":1}"#, Reason::WrongType, r#"event 1: field "id": expected a string, got 5"#),
-            (r#"{"id":"e","type":"scan","ts":1,"colour":"red"}"#, Reason::UnknownField, r#"event 1: field "colour": not a field"#),
-            (r#"{"id":"e","type":"scan""#, Reason::BadJson, "event 1: malformed JSON"),
-            (r#"[1,2]"#, Reason::WrongType, "event 1: expected a JSON object, got an array"),
-            (r#"{"id":"","type":"scan","ts":1}"#, Reason::InvalidValue, r#"event 1: field "id": expected 1 to 128 characters, got 0"#),
-            (r#"{"id":"e","type":"pass.updated","ts":1,"pass":"p","attrs":{"x":{"y":1}}}"#, Reason::WrongType, r#"event 1: field "attrs.x": expected a string or a number, got an object"#),
-            (r#"{"id":"e","type":"pass.updated","ts":1,"pass":"p","platform":"nokia"}"#, Reason::InvalidValue, r#"field "platform": expected "apple" or "google", got "nokia""#),
-            (r#"{"id":"e","id":"f","type":"pass.updated","ts":1,"pass":"p"}"#, Reason::BadJson, r#"field "id": appears more than once"#),
-            (r#"{"id":"e","type":"pass.updated","ts":1.5,"pass":"p"}"#, Reason::WrongType, r#"field "ts": expected RFC 3339 or epoch millis, got 1.5"#),
-            (r#"{"id":"e","type":"pass.updated","ts":-5,"pass":"p"}"#, Reason::InvalidValue, r#"field "ts": expected epoch millis between 0"#),
-            (r#"{"id":"e","type":"scan","ts":1,"pass":"p","location":"l","device":"d","operator":"o","result":"maybe"}"#, Reason::InvalidValue, "result must be"),
+            (
+                r#"{"id":"e","type":"scan","ts":"yesterday","pass":"p","location":"l","device":"d","operator":"o"}"#,
+                Reason::InvalidValue,
+                r#"event 1: field "ts": expected RFC 3339 or epoch millis, got "yesterday""#,
+            ),
+            (
+                r#"{"id":"e","type":"pass.exploded","ts":1}"#,
+                Reason::UnknownType,
+                "event 1: field \"type\": unknown event type \"pass.exploded\"",
+            ),
+            (
+                r#"{"id":"e","type":"pass.installed","ts":1,"pass":"p","platform":"apple"}"#,
+                Reason::MissingField,
+                r#"event 1: field "device": missing (required for pass.installed)"#,
+            ),
+            (
+                r#"{"id":5,"type":"scan","ts":1}"#,
+                Reason::WrongType,
+                r#"event 1: field "id": expected a string, got 5"#,
+            ),
+            (
+                r#"{"id":"e","type":"scan","ts":1,"colour":"red"}"#,
+                Reason::UnknownField,
+                r#"event 1: field "colour": not a field"#,
+            ),
+            (
+                r#"{"id":"e","type":"scan""#,
+                Reason::BadJson,
+                "event 1: malformed JSON",
+            ),
+            (
+                r#"[1,2]"#,
+                Reason::WrongType,
+                "event 1: expected a JSON object, got an array",
+            ),
+            (
+                r#"{"id":"","type":"scan","ts":1}"#,
+                Reason::InvalidValue,
+                r#"event 1: field "id": expected 1 to 128 characters, got 0"#,
+            ),
+            (
+                r#"{"id":"e","type":"pass.updated","ts":1,"pass":"p","attrs":{"x":{"y":1}}}"#,
+                Reason::WrongType,
+                r#"event 1: field "attrs.x": expected a string or a number, got an object"#,
+            ),
+            (
+                r#"{"id":"e","type":"pass.updated","ts":1,"pass":"p","platform":"nokia"}"#,
+                Reason::InvalidValue,
+                r#"field "platform": expected "apple" or "google", got "nokia""#,
+            ),
+            (
+                r#"{"id":"e","id":"f","type":"pass.updated","ts":1,"pass":"p"}"#,
+                Reason::BadJson,
+                r#"field "id": appears more than once"#,
+            ),
+            (
+                r#"{"id":"e","type":"pass.updated","ts":1.5,"pass":"p"}"#,
+                Reason::WrongType,
+                r#"field "ts": expected RFC 3339 or epoch millis, got 1.5"#,
+            ),
+            (
+                r#"{"id":"e","type":"pass.updated","ts":-5,"pass":"p"}"#,
+                Reason::InvalidValue,
+                r#"field "ts": expected epoch millis between 0"#,
+            ),
+            (
+                r#"{"id":"e","type":"scan","ts":1,"pass":"p","location":"l","device":"d","operator":"o","result":"maybe"}"#,
+                Reason::InvalidValue,
+                "result must be",
+            ),
         ];
         for (line, reason, msg) in cases {
             let e = err(line);

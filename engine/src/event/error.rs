@@ -76,7 +76,9 @@ impl EventError {
         EventError::new(
             1,
             Reason::TooLarge,
-            format!("message of {bytes} bytes exceeds the {limit}-byte limit; split it into smaller batches"),
+            format!(
+                "message of {bytes} bytes exceeds the {limit}-byte limit; split it into smaller batches"
+            ),
         )
     }
 
@@ -107,7 +109,11 @@ impl EventError {
 impl fmt::Display for EventError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.field {
-            Some(field) => write!(f, "event {}: field \"{field}\": {}", self.index, self.detail),
+            Some(field) => write!(
+                f,
+                "event {}: field \"{field}\": {}",
+                self.index, self.detail
+            ),
             None => write!(f, "event {}: {}", self.index, self.detail),
         }
     }

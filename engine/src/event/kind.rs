@@ -119,9 +119,7 @@ impl EventType {
             EventType::PassIssued => &[Pass, Program],
             EventType::PassInstalled | EventType::PassUninstalled => &[Pass, Device, Platform],
             EventType::PassUpdated => &[Pass],
-            EventType::PassFetched | EventType::PushSent | EventType::PushFailed => {
-                &[Pass, Device]
-            }
+            EventType::PassFetched | EventType::PushSent | EventType::PushFailed => &[Pass, Device],
             EventType::DeviceGone => &[Device],
             EventType::LinkClicked => &[Source],
             EventType::Scan => &[Pass, Location, Device, Operator],

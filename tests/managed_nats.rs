@@ -1,0 +1,70 @@
+//! `passpulse serve` without `--nats-url`: it runs its own nats-server under the data dir, is
+//! fully usable, and stops the child on Ctrl-C.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Server, ev};
+
+#[tokio::test]
+async fn serve_supervises_its_own_nats_server_and_stops_it_on_ctrl_c() {
+    let mut server = Server::start(None, &[]).await;
+    let children = Command::new("pgrep")
+        .args(["-P", &server.pid().to_string(), "nats-server"])
+        .output()
+        .unwrap();
+    let child: u32 = String::from_utf8(children.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("one nats-server child");
+    assert!(
+        server.data_dir.join("nats/jetstream").is_dir(),
+        "JetStream store under the data dir"
+    );
+
+    let body = (0..20)
+        .map(|i| {
+            ev(
+                &format!("m{i}"),
+                "link.clicked",
+                1_000 + i,
+                r#""source":"qr""#,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let r = server
+        .post("/api/v1/events")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.wait_events(20).await;
+
+    assert!(server.interrupt().success(), "clean exit on SIGINT");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{child}")).exists(),
+        "the managed nats-server is gone"
+    );
+}
+
+#[test]
+fn a_missing_nats_server_binary_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::BIN)
+        .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env(
+            "PASSPULSE_NATS_SERVER",
+            dir.path().join("no-such-nats-server"),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not start"), "{err}");
+    assert!(err.contains("apt-get install nats-server"), "{err}");
+}

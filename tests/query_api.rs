@@ -1,0 +1,254 @@
+//! The SQL endpoint: every output format read back, read-only enforcement, the execution
+//! timeout, the bearer token, and both request shapes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Nats, Server, ev, eventually, js_publish};
+
+async fn seeded(extra: &[&str]) -> (Nats, Server) {
+    let nats = Nats::start();
+    let server = Server::start(Some(&nats), extra).await;
+    let js = nats.js().await;
+    let lines: Vec<String> = (0..250)
+        .map(|i| {
+            ev(
+                &format!("e{i}"),
+                "scan",
+                1_790_000_000_000 + i * 1_000,
+                &format!(r#""pass":"P{}","location":"loc{}","device":"lane","operator":"op","attrs":{{"n":{i}}}"#, i % 17, i % 3),
+            )
+        })
+        .collect();
+    js_publish(&js, "passpulse.events.batch", lines.join("\n").into_bytes()).await;
+    server.wait_events(250).await;
+    (nats, server)
+}
+
+const SQL: &str = "SELECT id, ts, location, pass FROM events ORDER BY ts";
+
+#[tokio::test]
+async fn every_output_format_reads_back() {
+    let (_nats, server) = seeded(&[]).await;
+
+    let (s, json) = server.query_raw(SQL, "json").await;
+    assert_eq!(s, 200);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&json).unwrap();
+    assert_eq!(rows.len(), 250);
+    assert_eq!(rows[0]["id"], "e0");
+    assert_eq!(rows[249]["location"], "loc0");
+
+    let (s, jsonl) = server.query_raw(SQL, "jsonl").await;
+    assert_eq!(s, 200);
+    let lines: Vec<serde_json::Value> = std::str::from_utf8(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, rows);
+
+    let (s, csv) = server.query_raw(SQL, "csv").await;
+    assert_eq!(s, 200);
+    let csv = String::from_utf8(csv.to_vec()).unwrap();
+    let mut csv_lines = csv.lines();
+    assert_eq!(csv_lines.next(), Some("id,ts,location,pass"));
+    assert!(csv_lines.next().unwrap().starts_with("e0,"));
+    assert_eq!(csv.lines().count(), 251);
+
+    let (s, ipc) = server.query_raw(SQL, "arrow").await;
+    assert_eq!(s, 200);
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None).unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 250);
+    assert_eq!(batches[0].schema().field(0).name(), "id");
+
+    let (s, pq) = server.query_raw(SQL, "parquet").await;
+    assert_eq!(s, 200);
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(pq)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 250);
+
+    // an empty result is still well-formed in every format
+    let none = "SELECT id FROM events WHERE id = 'nope'";
+    assert_eq!(server.query_raw(none, "json").await.1.as_ref(), b"[]");
+    assert_eq!(server.query_raw(none, "csv").await.1.as_ref(), b"id\n");
+
+    let (s, body) = server.query_raw(SQL, "xml").await;
+    assert_eq!(s, 400);
+    assert!(String::from_utf8_lossy(&body).contains("unknown format"));
+}
+
+#[tokio::test]
+async fn post_accepts_json_and_plain_sql() {
+    let (_nats, server) = seeded(&[]).await;
+    let r = server
+        .post("/api/v1/query")
+        .json(&serde_json::json!({"sql": "SELECT count(*) AS n FROM events", "format": "jsonl"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().trim(), r#"{"n":250}"#);
+    let r = server
+        .post("/api/v1/query?format=csv")
+        .header("content-type", "text/plain")
+        .body("SELECT location, count(*) AS n FROM events GROUP BY location ORDER BY location")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "location,n\nloc0,84\nloc1,83\nloc2,83\n"
+    );
+    // analysts can discover the tables
+    let tables = server
+        .sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name")
+        .await;
+    let names: Vec<&str> = tables
+        .iter()
+        .map(|r| r["table_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "distinct_counts",
+            "event_counts",
+            "events",
+            "funnel",
+            "install_base",
+            "location_peaks"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn write_statements_are_refused_with_a_clear_message() {
+    let (_nats, server) = seeded(&[]).await;
+    for sql in [
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE VIEW v AS SELECT 1",
+        "INSERT INTO events (id) VALUES ('x')",
+        "COPY (SELECT 1) TO '/tmp/passpulse-copy-test.csv'",
+        "SET datafusion.runtime.memory_limit = '100G'",
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+        "DROP TABLE events",
+    ] {
+        let (status, body) = server.query_raw(sql, "json").await;
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 403, "{sql}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("read-only"),
+            "{sql}: {body}"
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/passpulse-copy-test.csv").exists());
+    // files are not tables
+    let (status, body) = server
+        .query_raw("SELECT * FROM '/etc/passwd'", "json")
+        .await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    // syntax errors are the caller's
+    let (status, body) = server.query_raw("SELEC 1", "json").await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("error"));
+    assert_eq!(server.scalar("SELECT count(*) AS n FROM events").await, 250);
+}
+
+#[tokio::test]
+async fn the_timeout_stops_execution_and_the_server_stays_responsive() {
+    let (_nats, server) = seeded(&["--query-timeout", "400ms"]).await;
+    let (status, body) = server
+        .query_raw(
+            "SELECT max(v % 7) AS m FROM generate_series(1, 100000000000) AS t(v)",
+            "json",
+        )
+        .await;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("time limit"),
+        "{body}"
+    );
+    // execution really stopped: nothing is left running
+    eventually(Duration::from_secs(10), "no running query", || async {
+        (server.metric("passpulse_queries_running").await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        server
+            .metric("passpulse_queries_total{outcome=\"timeout\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(server.scalar("SELECT count(*) AS n FROM events").await, 250);
+}
+
+#[tokio::test]
+async fn the_memory_limit_refuses_a_query_that_needs_more() {
+    let (_nats, server) = seeded(&["--query-memory-mb", "4"]).await;
+    let (status, body) = server
+        .query_raw("SELECT v, count(*) AS n FROM generate_series(1, 3000000) AS t(v) GROUP BY v ORDER BY n DESC LIMIT 1", "json")
+        .await;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("memory limit"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_token_is_enforced_on_the_api() {
+    let token = "s3cr3t-t0ken-for-tests";
+    let (_nats, mut server) = seeded(&["--auth-token", token]).await;
+    let url = format!("{}/api/v1/query?sql=SELECT%201", server.base);
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    let r = http
+        .get(&url)
+        .bearer_auth("s3cr3t-t0ken-for-tesTS")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = http
+        .post(format!("{}/api/v1/events", server.base))
+        .body(ev("t1", "pass.updated", 1, r#""pass":"A""#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "intake is protected too");
+    assert_eq!(
+        http.get(format!("{}/api/v1/stats", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // liveness and metrics stay open for orchestrators and scrapers
+    assert_eq!(
+        http.get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(server.interrupt().success());
+}

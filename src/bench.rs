@@ -120,6 +120,7 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
         eng.push(e);
         bytes = bpe;
     }
+    let fresh = freshness(&js, &bus, &opts, args.events, 200).await?;
     let (b, e) = (median(bare), median(eng));
     println!("events            {}", args.events);
     println!("events/message    {}", args.batch);
@@ -131,12 +132,79 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     println!("engine            {:.0} events/s", e);
     println!("engine / bare     {:.1} %", 100.0 * e / b);
     println!("hot store         {:.1} bytes/event", bytes);
+    println!(
+        "freshness         ack → queryable p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} single events)",
+        fresh.0, fresh.1, fresh.2, 200
+    );
     let _ = js.delete_stream(&bus.stream).await;
     drop(client);
     if let Some(m) = managed {
         m.stop().await;
     }
     Ok(())
+}
+
+/// Milliseconds from the broker's publish ack to the event being visible to queries, for
+/// `samples` single events published one at a time after the engine caught up: (p50, p99, max).
+async fn freshness(
+    js: &jetstream::Context,
+    bus: &BusConfig,
+    opts: &ConsumerOptions,
+    backlog: u64,
+    samples: usize,
+) -> Result<(f64, f64, f64)> {
+    let bus = BusConfig {
+        consumer: "bench-fresh".into(),
+        ..bus.clone()
+    };
+    let (writer, engine) = new_engine(EngineConfig::default());
+    let metrics = Arc::new(IngestMetrics::default());
+    let (sink, dl) = spawn_publisher(js.clone(), bus.clone(), metrics.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run_engine_consumer(
+        js.clone(),
+        bus.clone(),
+        opts.clone(),
+        writer,
+        sink,
+        metrics,
+        stop_rx,
+    ));
+    let wait_rows = |n: u64| {
+        let engine = engine.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while (engine.hot_snapshot().rows() as u64) < n {
+                if Instant::now() > deadline {
+                    bail!("engine did not reach {n} events");
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            Ok(())
+        }
+    };
+    wait_rows(backlog).await?;
+    let mut lat = Vec::with_capacity(samples);
+    let subject = format!("{}.pass.updated", bus.subject_prefix);
+    for i in 0..samples as u64 {
+        let line = format!(r#"{{"id":"fresh-{i}","type":"pass.updated","ts":{},"pass":"P1"}}"#, now_millis());
+        js.publish(subject.clone(), line.into())
+            .await?
+            .await
+            .context("publish ack")?;
+        let acked = Instant::now();
+        wait_rows(backlog + i + 1).await?;
+        lat.push(acked.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = stop_tx.send(true);
+    let _ = task.await;
+    let _ = dl.await;
+    if let Ok(s) = js.get_stream(&bus.stream).await {
+        let _ = s.delete_consumer(&bus.consumer).await;
+    }
+    lat.sort_by(f64::total_cmp);
+    let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    Ok((p(0.5), p(0.99), lat[lat.len() - 1]))
 }
 
 /// Seconds for a bare consumer to receive `expected` messages.

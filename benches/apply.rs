@@ -1,6 +1,10 @@
 //! Criterion benchmarks of the engine's hot path, on the production code: `decode` (NDJSON
 //! bytes into a validated batch) and `apply` (a decoded batch into the hot store and every
 //! rolling aggregate). Input: `passpulse gen` output, so the mix of types is realistic.
+//!
+//! `apply/cold` applies 200,000 events to an empty engine (a replay from scratch: every sketch
+//! starts in HyperLogLog++'s costlier sparse mode, every map grows); `apply/warm` applies the next
+//! 200,000 events to an engine that already holds the first ones (the steady state).
 
 use std::process::Command;
 
@@ -14,7 +18,7 @@ fn generated() -> Vec<u8> {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("events.ndjson");
     let status = Command::new(env!("CARGO_BIN_EXE_passpulse"))
-        .args(["gen", "--seed", "1", "--events", &EVENTS.to_string()])
+        .args(["gen", "--seed", "1", "--events", &(2 * EVENTS).to_string()])
         .args([
             "--arrivals-per-day",
             "20000",
@@ -29,33 +33,55 @@ fn generated() -> Vec<u8> {
     std::fs::read(out).expect("generated file")
 }
 
-fn decode_all(bytes: &[u8]) -> DecodedBatch {
-    let mut batch = DecodedBatch::with_capacity(EVENTS);
-    // 100 events per message, as a batching producer sends them
-    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    for (i, chunk) in lines.chunks(100).enumerate() {
-        let msg = chunk.join(&b'\n');
-        decode_message(&msg, i as u64 + 1, &mut batch, |e, _| panic!("{e}"));
+/// The generated events as messages of 100 NDJSON lines, as a batching producer sends them.
+fn messages(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let lines: Vec<&[u8]> = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.chunks(100).map(|c| c.join(&b'\n')).collect()
+}
+
+fn decode_all(msgs: &[Vec<u8>]) -> DecodedBatch {
+    let mut batch = DecodedBatch::with_capacity(msgs.len() * 100);
+    for (i, msg) in msgs.iter().enumerate() {
+        decode_message(msg, i as u64 + 1, &mut batch, |e, _| panic!("{e}"));
     }
     batch
 }
 
 fn benches(c: &mut Criterion) {
-    let bytes = generated();
-    let batch = decode_all(&bytes);
-    assert_eq!(batch.len(), EVENTS);
+    let msgs = messages(&generated());
+    let (first, second) = msgs.split_at(msgs.len() / 2);
+    let (first, second) = (decode_all(first), decode_all(second));
+    assert_eq!((first.len(), second.len()), (EVENTS, EVENTS));
 
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(EVENTS as u64));
     g.sample_size(10);
+    let half = &msgs[..msgs.len() / 2];
     g.bench_function("decode", |b| {
-        b.iter(|| decode_all(&bytes));
+        b.iter(|| decode_all(half));
     });
-    g.bench_function("apply", |b| {
+    g.bench_function("apply/cold", |b| {
         b.iter_batched(
             || new_engine(EngineConfig::default()),
             |(mut writer, engine)| {
-                writer.apply(&batch);
+                writer.apply(&first);
+                (writer, engine)
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("apply/warm", |b| {
+        b.iter_batched(
+            || {
+                let (mut writer, engine) = new_engine(EngineConfig::default());
+                writer.apply(&first);
+                (writer, engine)
+            },
+            |(mut writer, engine)| {
+                writer.apply(&second);
                 (writer, engine)
             },
             BatchSize::PerIteration,

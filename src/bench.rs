@@ -187,7 +187,10 @@ async fn freshness(
     let mut lat = Vec::with_capacity(samples);
     let subject = format!("{}.pass.updated", bus.subject_prefix);
     for i in 0..samples as u64 {
-        let line = format!(r#"{{"id":"fresh-{i}","type":"pass.updated","ts":{},"pass":"P1"}}"#, now_millis());
+        let line = format!(
+            r#"{{"id":"fresh-{i}","type":"pass.updated","ts":{},"pass":"P1"}}"#,
+            now_millis()
+        );
         js.publish(subject.clone(), line.into())
             .await?
             .await

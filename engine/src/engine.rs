@@ -69,9 +69,14 @@ impl EngineWriter {
         self.store.maybe_publish(Instant::now());
     }
 
-    /// Publishes pending rows if the interval has passed; call when idle.
+    /// Publishes pending rows if the interval has passed; call on a timer while busy.
     pub fn tick(&mut self) {
         self.store.maybe_publish(Instant::now());
+    }
+
+    /// Publishes pending rows now; call when nothing is waiting to be applied.
+    pub fn idle(&mut self) {
+        self.store.publish_idle();
     }
 
     /// Makes everything applied so far visible to queries now.

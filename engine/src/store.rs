@@ -5,24 +5,29 @@
 //! freshness) the builder's rows are published as the *tail* batch (a copy of the builder's
 //! contents); at `MAX_BATCH_ROWS` the builder is sealed into an immutable batch and starts empty.
 //! `MAX_BATCH_ROWS` keeps each batch's distinct values within the 16-bit dictionary keys, so a
-//! dictionary can never overflow. Persistence to Parquet and eviction are not owned here yet.
+//! dictionary can never overflow. When the writer is idle (caught up with the stream) it
+//! publishes at once instead of waiting for the interval. Persistence to Parquet and eviction are
+//! not owned here yet.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayRef, Float64Builder, StringBuilder, StringDictionaryBuilder, TimestampMillisecondBuilder,
-    UInt64Builder,
+    Array, ArrayRef, DictionaryArray, Float64Builder, StringArray, StringBuilder,
+    StringDictionaryBuilder, TimestampMillisecondBuilder, UInt8Builder, UInt64Builder,
 };
 use arrow::datatypes::{SchemaRef, UInt8Type, UInt16Type};
 use arrow::record_batch::RecordBatch;
 use parking_lot::RwLock;
 
-use crate::event::EventRef;
+use crate::event::{EventRef, EventType, Platform};
 use crate::schema::{events_schema, ts_type};
 
 /// Largest batch: distinct values per batch ≤ rows ≤ u16::MAX, so `UInt16` keys never overflow.
 pub const MAX_BATCH_ROWS: usize = u16::MAX as usize;
+
+/// An idle writer seals rather than copies an open batch of at least this many rows.
+pub const IDLE_SEAL_ROWS: usize = 8_192;
 
 /// What queries see: sealed batches plus the published part of the open one.
 #[derive(Debug, Clone, Default)]
@@ -58,17 +63,37 @@ impl HotReader {
     }
 }
 
+/// `type` and `platform` are closed sets: their dictionaries are fixed (every name, in enum
+/// order) and a row stores just the key, with no hashing.
+static TYPE_VALUES: std::sync::LazyLock<ArrayRef> = std::sync::LazyLock::new(|| {
+    Arc::new(StringArray::from_iter_values(
+        EventType::ALL.iter().map(|t| t.as_str()),
+    ))
+});
+static PLATFORM_VALUES: std::sync::LazyLock<ArrayRef> = std::sync::LazyLock::new(|| {
+    Arc::new(StringArray::from_iter_values(
+        Platform::ALL.iter().map(|p| p.as_str()),
+    ))
+});
+
+fn fixed_dict(keys: arrow::array::UInt8Array, values: &ArrayRef) -> ArrayRef {
+    Arc::new(
+        DictionaryArray::<UInt8Type>::try_new(keys, values.clone())
+            .expect("keys are enum discriminants within the fixed dictionary"),
+    )
+}
+
 struct Builders {
     seq: UInt64Builder,
     ingested_at: TimestampMillisecondBuilder,
     id: StringBuilder,
-    kind: StringDictionaryBuilder<UInt8Type>,
+    kind: UInt8Builder,
     ts: TimestampMillisecondBuilder,
     pass: StringBuilder,
     program: StringDictionaryBuilder<UInt16Type>,
     customer: StringBuilder,
     device: StringBuilder,
-    platform: StringDictionaryBuilder<UInt8Type>,
+    platform: UInt8Builder,
     location: StringDictionaryBuilder<UInt16Type>,
     operator: StringDictionaryBuilder<UInt16Type>,
     source: StringDictionaryBuilder<UInt16Type>,
@@ -86,13 +111,13 @@ impl Builders {
             seq: UInt64Builder::with_capacity(n),
             ingested_at: TimestampMillisecondBuilder::with_capacity(n).with_data_type(ts_type()),
             id: StringBuilder::with_capacity(n, n * 16),
-            kind: StringDictionaryBuilder::new(),
+            kind: UInt8Builder::with_capacity(n),
             ts: TimestampMillisecondBuilder::with_capacity(n).with_data_type(ts_type()),
             pass: StringBuilder::with_capacity(n, n * 12),
             program: StringDictionaryBuilder::new(),
             customer: StringBuilder::with_capacity(n, n * 12),
             device: StringBuilder::with_capacity(n, n * 16),
-            platform: StringDictionaryBuilder::new(),
+            platform: UInt8Builder::with_capacity(n),
             location: StringDictionaryBuilder::new(),
             operator: StringDictionaryBuilder::new(),
             source: StringDictionaryBuilder::new(),
@@ -121,13 +146,13 @@ impl Builders {
         self.seq.append_value(e.seq);
         self.ingested_at.append_value(ingested_at);
         self.id.append_value(e.id);
-        dict(&mut self.kind, Some(e.kind.as_str()));
+        self.kind.append_value(e.kind as u8);
         self.ts.append_value(e.ts);
         self.pass.append_option(e.pass);
         dict(&mut self.program, e.program);
         self.customer.append_option(e.customer);
         self.device.append_option(e.device);
-        dict(&mut self.platform, e.platform.map(|p| p.as_str()));
+        self.platform.append_option(e.platform.map(|p| p as u8));
         dict(&mut self.location, e.location);
         dict(&mut self.operator, e.operator);
         dict(&mut self.source, e.source);
@@ -152,13 +177,27 @@ impl Builders {
             col!(self.seq),
             col!(self.ingested_at),
             col!(self.id),
-            col!(self.kind),
+            fixed_dict(
+                if cloned {
+                    self.kind.finish_cloned()
+                } else {
+                    self.kind.finish()
+                },
+                &TYPE_VALUES,
+            ),
             col!(self.ts),
             col!(self.pass),
             col!(self.program),
             col!(self.customer),
             col!(self.device),
-            col!(self.platform),
+            fixed_dict(
+                if cloned {
+                    self.platform.finish_cloned()
+                } else {
+                    self.platform.finish()
+                },
+                &PLATFORM_VALUES,
+            ),
             col!(self.location),
             col!(self.operator),
             col!(self.source),
@@ -222,6 +261,20 @@ impl HotStore {
         }
     }
 
+    /// Called when the writer has nothing queued: publishes pending rows now (the freshness a
+    /// caught-up engine can afford), sealing instead of copying once the open batch is large so
+    /// an idle publish never copies more than `IDLE_SEAL_ROWS` rows.
+    pub fn publish_idle(&mut self) {
+        if self.open_rows == self.published_rows {
+            return;
+        }
+        if self.open_rows >= IDLE_SEAL_ROWS {
+            self.seal();
+        } else {
+            self.publish_now();
+        }
+    }
+
     /// Makes every appended row visible to queries now.
     pub fn publish_now(&mut self) {
         let tail = (self.open_rows > 0).then(|| {
@@ -233,7 +286,11 @@ impl HotStore {
     }
 
     fn seal(&mut self) {
-        let cols = self.builders.columns(false);
+        let mut cols = self.builders.columns(false);
+        // builders grow by doubling: give the slack back before the batch lives on
+        for c in &mut cols {
+            c.shrink_to_fit();
+        }
         let batch =
             RecordBatch::try_new(self.schema.clone(), cols).expect("builders match the schema");
         self.sealed.push(batch);

@@ -147,6 +147,30 @@ const K_VALUE: usize = 13;
 const K_RESULT: usize = 14;
 const K_ATTRS: usize = 15;
 
+/// Position of a v1 field name in [`NAMES`].
+#[inline]
+fn field_index(key: &str) -> Option<usize> {
+    Some(match key {
+        "id" => 0,
+        "type" => 1,
+        "ts" => 2,
+        "pass" => 3,
+        "program" => 4,
+        "customer" => 5,
+        "device" => 6,
+        "platform" => 7,
+        "location" => 8,
+        "operator" => 9,
+        "source" => 10,
+        "campaign" => 11,
+        "offer" => 12,
+        "value" => 13,
+        "result" => 14,
+        "attrs" => 15,
+        _ => return None,
+    })
+}
+
 /// A JSON value, as much as validation needs to know of it.
 #[derive(Debug)]
 enum Val<'a> {
@@ -285,7 +309,7 @@ impl<'de> Visitor<'de> for RawVisitor<'_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let raw = self.0;
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            match NAMES.iter().position(|n| *n == key) {
+            match field_index(&key) {
                 Some(k) => {
                     let v = map.next_value_seed(ValVisitor {
                         keep_object: k == K_ATTRS,
@@ -763,6 +787,14 @@ mod tests {
             assert_eq!(e.reason, *reason, "{line}: {e}");
             assert!(e.to_string().contains(msg), "{line}: got {e}, want {msg}");
         }
+    }
+
+    #[test]
+    fn field_index_agrees_with_names() {
+        for (i, n) in NAMES.iter().enumerate() {
+            assert_eq!(field_index(n), Some(i));
+        }
+        assert_eq!(field_index("colour"), None);
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub const UNKNOWN: &str = "(unknown)";
 
 #[derive(Debug, Default)]
 pub struct Passes {
-    passes: AHashMap<Box<str>, PassState>,
+    passes: hashbrown::HashMap<Box<str>, PassState, ahash::RandomState>,
     symbols: AHashSet<Arc<str>>,
     pub(crate) all: SliceCount,
     pub(crate) by_platform: [SliceCount; 2],
@@ -119,10 +119,8 @@ impl Passes {
     }
 
     fn state(&mut self, pass: &str) -> &mut PassState {
-        if !self.passes.contains_key(pass) {
-            self.passes.insert(pass.into(), PassState::default());
-        }
-        self.passes.get_mut(pass).expect("inserted above")
+        // one lookup; the key is allocated only for a new pass
+        self.passes.entry_ref(pass).or_default()
     }
 
     fn key(&mut self, v: &Option<Arc<str>>) -> Arc<str> {

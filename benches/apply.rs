@@ -4,7 +4,10 @@
 //!
 //! `apply/cold` applies 200,000 events to an empty engine (a replay from scratch: every sketch
 //! starts in HyperLogLog++'s costlier sparse mode, every map grows); `apply/warm` applies the next
-//! 200,000 events to an engine that already holds the first ones (the steady state).
+//! 200,000 events to an engine that already holds the first ones (the steady state). Both use a
+//! busy programme (400,000 sign-ups a day, so the events stay within one day). `apply/warm-small`
+//! repeats `warm` with 20,000 sign-ups a day, where a new UTC day — whose distinct-count sketches
+//! start sparse again — begins every ~150,000 events.
 
 use std::process::Command;
 
@@ -14,7 +17,7 @@ use passpulse_engine::{DecodedBatch, EngineConfig, new_engine};
 
 const EVENTS: usize = 200_000;
 
-fn generated() -> Vec<u8> {
+fn generated(arrivals_per_day: u32) -> Vec<u8> {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("events.ndjson");
     let status = Command::new(env!("CARGO_BIN_EXE_passpulse"))
@@ -51,10 +54,15 @@ fn decode_all(msgs: &[Vec<u8>]) -> DecodedBatch {
 }
 
 fn benches(c: &mut Criterion) {
-    let msgs = messages(&generated());
-    let (first, second) = msgs.split_at(msgs.len() / 2);
-    let (first, second) = (decode_all(first), decode_all(second));
-    assert_eq!((first.len(), second.len()), (EVENTS, EVENTS));
+    let halves = |arrivals| {
+        let msgs = messages(&generated(arrivals));
+        let (first, second) = msgs.split_at(msgs.len() / 2);
+        let (first, second) = (decode_all(first), decode_all(second));
+        assert_eq!((first.len(), second.len()), (EVENTS, EVENTS));
+        (msgs, first, second)
+    };
+    let (msgs, first, second) = halves(400_000);
+    let (_, small_first, small_second) = halves(20_000);
 
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(EVENTS as u64));
@@ -73,20 +81,25 @@ fn benches(c: &mut Criterion) {
             BatchSize::PerIteration,
         );
     });
-    g.bench_function("apply/warm", |b| {
-        b.iter_batched(
-            || {
-                let (mut writer, engine) = new_engine(EngineConfig::default());
-                writer.apply(&first);
-                (writer, engine)
-            },
-            |(mut writer, engine)| {
-                writer.apply(&second);
-                (writer, engine)
-            },
-            BatchSize::PerIteration,
-        );
-    });
+    for (name, warmup, measured) in [
+        ("apply/warm", &first, &second),
+        ("apply/warm-small", &small_first, &small_second),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let (mut writer, engine) = new_engine(EngineConfig::default());
+                    writer.apply(warmup);
+                    (writer, engine)
+                },
+                |(mut writer, engine)| {
+                    writer.apply(measured);
+                    (writer, engine)
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
     g.finish();
 }
 

@@ -3,6 +3,10 @@
 //!
 //! Each value is hashed once with XXH3-64 (a fixed, documented algorithm, so persisted sketches
 //! stay mergeable across builds); the sketch's own hasher is the identity on that hash.
+//!
+//! An event feeds only its day's sketches. The all-time sketch is their union, kept up to date
+//! lazily: a day touched since the last read is merged into it when it is read. HLL merge is a
+//! register-wise max, so merging a day again after more inserts is exact and idempotent.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -50,11 +54,19 @@ fn sketch() -> Sketch {
     HyperLogLogPlus::new(PRECISION, PreHashed).expect("precision 14 is within 4..=18")
 }
 
-#[derive(Debug)]
+/// Slots of the recently-inserted cache of each sketch of the current day.
+const SEEN_SLOTS: usize = 4096;
+
+#[derive(Debug, Clone)]
 struct Trio {
     passes: Sketch,
     devices: Sketch,
     customers: Sketch,
+    /// Direct-mapped cache of recently inserted hashes, 3 × [`SEEN_SLOTS`], kept only while the
+    /// day is current. In HLL++'s sparse mode every insert, even of a value already counted,
+    /// costs a share of a list merge (~150 ns against ~4 ns dense); skipping a repeat never
+    /// changes a sketch, so the cache is exact and makes low-cardinality sketches cheap.
+    seen: Vec<u64>,
 }
 
 impl Default for Trio {
@@ -63,21 +75,32 @@ impl Default for Trio {
             passes: sketch(),
             devices: sketch(),
             customers: sketch(),
+            seen: Vec::new(),
         }
     }
 }
 
 impl Trio {
     fn insert(&mut self, h: &[Option<u64>; 3]) {
-        if let Some(h) = h[0] {
-            self.passes.insert(&h);
+        if self.seen.is_empty() {
+            self.seen = vec![0; 3 * SEEN_SLOTS];
         }
-        if let Some(h) = h[1] {
-            self.devices.insert(&h);
+        let sketches = [&mut self.passes, &mut self.devices, &mut self.customers];
+        for (i, (sk, h)) in sketches.into_iter().zip(h).enumerate() {
+            let Some(h) = *h else { continue };
+            let slot = &mut self.seen[i * SEEN_SLOTS + (h >> 52) as usize % SEEN_SLOTS];
+            if *slot != h {
+                sk.insert(&h);
+                *slot = h;
+            }
         }
-        if let Some(h) = h[2] {
-            self.customers.insert(&h);
-        }
+    }
+
+    fn merge(&mut self, other: &Trio) {
+        // same precision and hasher everywhere, so merge cannot fail
+        let _ = self.passes.merge(&other.passes);
+        let _ = self.devices.merge(&other.devices);
+        let _ = self.customers.merge(&other.customers);
     }
 
     fn counts(&mut self) -> DistinctRow {
@@ -100,10 +123,19 @@ pub struct DistinctRow {
 }
 
 #[derive(Debug, Default)]
+struct Day {
+    trio: Trio,
+    /// Inserted into since it was last merged into the all-time union.
+    dirty: bool,
+}
+
+#[derive(Debug, Default)]
 pub struct Distinct {
+    /// Union of every day merged so far.
     all: Trio,
-    days: BTreeMap<i32, Trio>,
-    last_day: Option<(i32, Trio)>,
+    days: BTreeMap<i32, Day>,
+    /// The day most events fall on, kept out of the map for speed.
+    current: Option<(i32, Day)>,
 }
 
 fn hash(v: Option<&str>) -> Option<u64> {
@@ -118,37 +150,41 @@ impl Distinct {
         device: Option<&str>,
         customer: Option<&str>,
     ) {
-        let h = [hash(pass), hash(device), hash(customer)];
-        if h.iter().all(Option::is_none) {
+        if pass.is_none() && device.is_none() && customer.is_none() {
             return;
         }
-        self.all.insert(&h);
+        let h = [hash(pass), hash(device), hash(customer)];
         let day = time::day(ts);
-        // Most events of a stream fall on the same day: keep that day's sketches at hand.
-        if self.last_day.as_ref().map(|(d, _)| *d) != Some(day) {
-            if let Some((d, trio)) = self.last_day.take() {
-                self.days.insert(d, trio);
+        if self.current.as_ref().map(|(d, _)| *d) != Some(day) {
+            if let Some((d, mut old)) = self.current.take() {
+                old.trio.seen = Vec::new(); // only the current day keeps its cache
+                self.days.insert(d, old);
             }
-            let trio = self.days.remove(&day).unwrap_or_default();
-            self.last_day = Some((day, trio));
+            let entry = self.days.remove(&day).unwrap_or_default();
+            self.current = Some((day, entry));
         }
-        if let Some((_, trio)) = self.last_day.as_mut() {
-            trio.insert(&h);
+        if let Some((_, d)) = self.current.as_mut() {
+            d.trio.insert(&h);
+            d.dirty = true;
         }
     }
 
     /// All-time row first, then one row per day in order.
     pub fn rows(&mut self) -> Vec<DistinctRow> {
-        let mut out = vec![self.all.counts()];
-        let mut days: Vec<(i32, &mut Trio)> = self.days.iter_mut().map(|(d, t)| (*d, t)).collect();
-        if let Some((d, t)) = self.last_day.as_mut() {
+        let mut days: Vec<(i32, &mut Day)> = self.days.iter_mut().map(|(d, t)| (*d, t)).collect();
+        if let Some((d, t)) = self.current.as_mut() {
             days.push((*d, t));
         }
         days.sort_by_key(|(d, _)| *d);
-        for (d, t) in days {
+        for (_, day) in days.iter_mut().filter(|(_, d)| d.dirty) {
+            self.all.merge(&day.trio);
+            day.dirty = false;
+        }
+        let mut out = vec![self.all.counts()];
+        for (d, day) in days {
             out.push(DistinctRow {
                 day: Some(d),
-                ..t.counts()
+                ..day.trio.counts()
             });
         }
         out
@@ -185,5 +221,21 @@ mod tests {
         assert_eq!(rows[1].day, Some(0));
         assert_eq!(rows[1].devices, 500);
         assert_eq!(rows[2].day, Some(1));
+    }
+
+    #[test]
+    fn the_all_time_union_follows_late_inserts() {
+        let mut d = Distinct::default();
+        d.apply(0, Some("a"), None, None);
+        d.apply(time::DAY_MS, Some("b"), None, None);
+        assert_eq!(d.rows()[0].passes, 2);
+        // a late event for day 0, a repeat, and a new value today
+        d.apply(5, Some("c"), None, None);
+        d.apply(5, Some("c"), None, None);
+        d.apply(time::DAY_MS + 1, Some("a"), None, None);
+        let rows = d.rows();
+        assert_eq!(rows[0].passes, 3);
+        assert_eq!((rows[1].day, rows[1].passes), (Some(0), 2));
+        assert_eq!((rows[2].day, rows[2].passes), (Some(1), 2));
     }
 }

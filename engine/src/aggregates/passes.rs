@@ -101,6 +101,7 @@ pub const UNKNOWN: &str = "(unknown)";
 pub struct Passes {
     passes: hashbrown::HashMap<Box<str>, PassState, ahash::RandomState>,
     symbols: AHashSet<Arc<str>>,
+    unknown: Option<Arc<str>>,
     pub(crate) all: SliceCount,
     pub(crate) by_platform: [SliceCount; 2],
     pub(crate) by_program: AHashMap<Arc<str>, SliceCount>,
@@ -126,7 +127,10 @@ impl Passes {
     fn key(&mut self, v: &Option<Arc<str>>) -> Arc<str> {
         match v {
             Some(a) => a.clone(),
-            None => self.sym(UNKNOWN),
+            None => self
+                .unknown
+                .get_or_insert_with(|| Arc::from(UNKNOWN))
+                .clone(),
         }
     }
 
@@ -135,6 +139,9 @@ impl Passes {
     fn attribute(&mut self, pass: &str, sign: i64) {
         let st = &self.passes[pass];
         let regs: u64 = st.live_by_platform().iter().sum();
+        if regs == 0 && st.stages == 0 {
+            return; // contributes to no slice and no funnel stage
+        }
         let (program, source, stages) = (st.program.clone(), st.source.clone(), st.stages);
         let active = (regs > 0) as i64;
         let p = self.key(&program);
@@ -183,7 +190,7 @@ impl Passes {
             T::LinkClicked => {
                 let s = match e.source {
                     Some(s) => self.sym(s),
-                    None => self.sym(UNKNOWN),
+                    None => self.key(&None),
                 };
                 self.funnel.entry(s).or_default().clicked += 1;
             }

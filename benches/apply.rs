@@ -22,13 +22,8 @@ fn generated(arrivals_per_day: u32) -> Vec<u8> {
     let out = dir.path().join("events.ndjson");
     let status = Command::new(env!("CARGO_BIN_EXE_passpulse"))
         .args(["gen", "--seed", "1", "--events", &(2 * EVENTS).to_string()])
-        .args([
-            "--arrivals-per-day",
-            "20000",
-            "--start",
-            "2026-06-01T00:00:00Z",
-            "--out",
-        ])
+        .args(["--arrivals-per-day", &arrivals_per_day.to_string()])
+        .args(["--start", "2026-06-01T00:00:00Z", "--out"])
         .arg(&out)
         .status()
         .expect("run passpulse gen");

@@ -116,7 +116,7 @@ pub struct ServeArgs {
     pub auth_token: Option<String>,
     /// Publish synthetic wallet-pass traffic (demo mode).
     #[arg(long, env = "PASSPULSE_DEMO")]
-    pub demo: Option<bool>,
+    pub demo: bool,
     /// Demo events per second.
     #[arg(long, env = "PASSPULSE_DEMO_RATE")]
     pub demo_rate: Option<u32>,
@@ -153,7 +153,7 @@ impl Config {
         }
         set!(cfg.data_dir, args.data_dir);
         set!(cfg.http, args.http);
-        set!(cfg.demo, args.demo);
+        cfg.demo |= args.demo;
         set!(cfg.demo_rate, args.demo_rate);
         set!(cfg.query.timeout, args.query_timeout);
         set!(cfg.query.memory_limit_mb, args.query_memory_mb);
@@ -184,7 +184,7 @@ mod tests {
             data_dir: None,
             http: None,
             auth_token: None,
-            demo: None,
+            demo: false,
             demo_rate: None,
             query_timeout: None,
             query_memory_mb: None,

@@ -68,3 +68,23 @@ fn a_missing_nats_server_binary_is_explained() {
     assert!(err.contains("could not start"), "{err}");
     assert!(err.contains("apt-get install nats-server"), "{err}");
 }
+
+#[tokio::test]
+async fn demo_mode_publishes_live_traffic_that_the_engine_counts() {
+    let server = Server::start(None, &["--demo", "--demo-rate", "500"]).await;
+    let n = common::eventually(
+        std::time::Duration::from_secs(30),
+        "demo events",
+        || async {
+            let n = server.scalar("SELECT count(*) AS n FROM events").await;
+            (n >= 100).then_some(n)
+        },
+    )
+    .await;
+    assert!(n >= 100);
+    // stamped with the wall clock: the newest event is recent
+    let age_ms = server
+        .scalar("SELECT CAST((to_unixtime(now()) - to_unixtime(max(ts))) * 1000 AS BIGINT) AS age FROM events")
+        .await;
+    assert!(age_ms < 60_000, "newest demo event is {age_ms} ms old");
+}

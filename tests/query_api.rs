@@ -8,8 +8,12 @@ use std::time::Duration;
 use common::{Nats, Server, ev, eventually, js_publish};
 
 async fn seeded(extra: &[&str]) -> (Nats, Server) {
+    seeded_env(extra, &[]).await
+}
+
+async fn seeded_env(extra: &[&str], env: &[(&str, &str)]) -> (Nats, Server) {
     let nats = Nats::start();
-    let server = Server::start(Some(&nats), extra).await;
+    let server = Server::start_env(Some(&nats), extra, env).await;
     let js = nats.js().await;
     let lines: Vec<String> = (0..250)
         .map(|i| {
@@ -161,7 +165,8 @@ async fn write_statements_are_refused_with_a_clear_message() {
 
 #[tokio::test]
 async fn the_timeout_stops_execution_and_the_server_stays_responsive() {
-    let (_nats, server) = seeded(&["--query-timeout", "400ms"]).await;
+    // set through the environment, which `serve` reads like its flags
+    let (_nats, server) = seeded_env(&[], &[("PASSPULSE_QUERY_TIMEOUT", "400ms")]).await;
     let (status, body) = server
         .query_raw(
             "SELECT max(v % 7) AS m FROM generate_series(1, 100000000000) AS t(v)",

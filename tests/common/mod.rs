@@ -87,13 +87,19 @@ pub struct Server {
 impl Server {
     /// Starts `passpulse serve` against `nats` (or its own managed one if `None`).
     pub async fn start(nats: Option<&Nats>, extra: &[&str]) -> Server {
+        Self::start_env(nats, extra, &[]).await
+    }
+
+    /// Starts with extra `PASSPULSE_*` environment variables.
+    pub async fn start_env(nats: Option<&Nats>, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        Self::start_in(nats, extra, dir.path().to_path_buf(), Some(dir)).await
+        Self::start_in(nats, extra, env, dir.path().to_path_buf(), Some(dir)).await
     }
 
     pub async fn start_in(
         nats: Option<&Nats>,
         extra: &[&str],
+        env: &[(&str, &str)],
         data_dir: PathBuf,
         keep: Option<tempfile::TempDir>,
     ) -> Server {
@@ -106,6 +112,7 @@ impl Server {
             .arg(&data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if let Some(n) = nats {

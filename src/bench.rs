@@ -153,23 +153,8 @@ async fn freshness(
     backlog: u64,
     samples: usize,
 ) -> Result<(f64, f64, f64)> {
-    let bus = BusConfig {
-        consumer: "bench-fresh".into(),
-        ..bus.clone()
-    };
-    let (writer, engine) = new_engine(EngineConfig::default());
-    let metrics = Arc::new(IngestMetrics::default());
-    let (sink, dl) = spawn_publisher(js.clone(), bus.clone(), metrics.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run_engine_consumer(
-        js.clone(),
-        bus.clone(),
-        opts.clone(),
-        writer,
-        sink,
-        metrics,
-        stop_rx,
-    ));
+    let run = EngineRun::start(js, bus, opts, "bench-fresh");
+    let engine = run.engine.clone();
     let wait_rows = |n: u64| {
         let engine = engine.clone();
         async move {
@@ -199,12 +184,7 @@ async fn freshness(
         wait_rows(backlog + i + 1).await?;
         lat.push(acked.elapsed().as_secs_f64() * 1e3);
     }
-    let _ = stop_tx.send(true);
-    let _ = task.await;
-    let _ = dl.await;
-    if let Ok(s) = js.get_stream(&bus.stream).await {
-        let _ = s.delete_consumer(&bus.consumer).await;
-    }
+    run.stop(js).await;
     lat.sort_by(f64::total_cmp);
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
     Ok((p(0.5), p(0.99), lat[lat.len() - 1]))
@@ -244,24 +224,9 @@ async fn engine_round(
     opts: &ConsumerOptions,
     events: u64,
 ) -> Result<(f64, f64)> {
-    let bus = BusConfig {
-        consumer: "bench-engine".into(),
-        ..bus.clone()
-    };
-    let (writer, engine) = new_engine(EngineConfig::default());
-    let metrics = Arc::new(IngestMetrics::default());
-    let (sink, dl) = spawn_publisher(js.clone(), bus.clone(), metrics.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
-    let task = tokio::spawn(run_engine_consumer(
-        js.clone(),
-        bus.clone(),
-        opts.clone(),
-        writer,
-        sink,
-        metrics.clone(),
-        stop_rx,
-    ));
+    let run = EngineRun::start(js, bus, opts, "bench-engine");
+    let engine = run.engine.clone();
     let deadline = started + Duration::from_secs(600);
     loop {
         let rows = engine.hot_snapshot().rows() as u64;
@@ -275,11 +240,59 @@ async fn engine_round(
     }
     let secs = started.elapsed().as_secs_f64();
     let bpe = engine.stats().hot.bytes_per_event;
-    let _ = stop_tx.send(true);
-    let _ = task.await;
-    let _ = dl.await;
-    if let Ok(s) = js.get_stream(&bus.stream).await {
-        let _ = s.delete_consumer(&bus.consumer).await;
-    }
+    run.stop(js).await;
     Ok((secs, bpe))
+}
+
+/// The production consumer pipeline running into a fresh engine, under its own consumer name.
+struct EngineRun {
+    engine: passpulse_engine::Engine,
+    bus: BusConfig,
+    stop_tx: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    dead_letters: tokio::task::JoinHandle<()>,
+}
+
+impl EngineRun {
+    fn start(
+        js: &jetstream::Context,
+        bus: &BusConfig,
+        opts: &ConsumerOptions,
+        consumer: &str,
+    ) -> EngineRun {
+        let bus = BusConfig {
+            consumer: consumer.into(),
+            ..bus.clone()
+        };
+        let (writer, engine) = new_engine(EngineConfig::default());
+        let metrics = Arc::new(IngestMetrics::default());
+        let (sink, dead_letters) = spawn_publisher(js.clone(), bus.clone(), metrics.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_engine_consumer(
+            js.clone(),
+            bus.clone(),
+            opts.clone(),
+            writer,
+            sink,
+            metrics,
+            stop_rx,
+        ));
+        EngineRun {
+            engine,
+            bus,
+            stop_tx,
+            task,
+            dead_letters,
+        }
+    }
+
+    /// Stops the pipeline and removes its consumer from the stream.
+    async fn stop(self, js: &jetstream::Context) {
+        let _ = self.stop_tx.send(true);
+        let _ = self.task.await;
+        let _ = self.dead_letters.await;
+        if let Ok(s) = js.get_stream(&self.bus.stream).await {
+            let _ = s.delete_consumer(&self.bus.consumer).await;
+        }
+    }
 }

@@ -88,3 +88,43 @@ async fn demo_mode_publishes_live_traffic_that_the_engine_counts() {
         .await;
     assert!(age_ms < 60_000, "newest demo event is {age_ms} ms old");
 }
+
+#[tokio::test]
+async fn a_restart_after_kill_9_takes_over_the_orphaned_nats_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start_in(None, &[], &[], dir.path().to_path_buf(), None).await;
+    let children = Command::new("pgrep")
+        .args(["-P", &first.pid().to_string(), "nats-server"])
+        .output()
+        .unwrap();
+    let orphan: u32 = String::from_utf8(children.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    std::mem::forget(first); // already dead; its Drop would signal a recycled pid
+    assert!(
+        std::path::Path::new(&format!("/proc/{orphan}")).exists(),
+        "the child outlives a kill -9"
+    );
+
+    let mut second = Server::start_in(None, &[], &[], dir.path().to_path_buf(), None).await;
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "orphan stopped",
+        || async {
+            let path = format!("/proc/{orphan}");
+            let alive = std::fs::read_to_string(format!("{path}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false);
+            (!alive).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(second.scalar("SELECT count(*) AS n FROM events").await, 0);
+    assert!(second.interrupt().success());
+}

@@ -1,6 +1,10 @@
 //! A managed nats-server child process: found on the PATH (or `PASSPULSE_NATS_SERVER`), started
 //! with JetStream on a free loopback port with its store under our data dir, restarted on the
 //! same port if it dies, and stopped (SIGTERM, then SIGKILL) on shutdown.
+//!
+//! Its pid is kept in `nats-server.pid` beside the store. If passpulse itself was killed (so it
+//! could not stop its child), the next start finds that server still holding the store and stops
+//! it first.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -71,6 +75,44 @@ struct Spec {
     port: u16,
 }
 
+fn pid_file(store: &Path) -> PathBuf {
+    store.with_file_name("nats-server.pid")
+}
+
+/// Stops a nats-server left running on this store by a passpulse that was killed.
+async fn stop_stale(dir: &Path) {
+    let store = dir.join("jetstream");
+    let Some(pid) = std::fs::read_to_string(pid_file(&store))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if !(cmdline.contains("nats-server") && cmdline.contains(&*store.to_string_lossy())) {
+        return; // gone, or the pid now belongs to something else
+    }
+    warn!(
+        pid,
+        "stopping a nats-server left running on this data dir by an earlier passpulse"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await;
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .await;
+}
+
 impl Spec {
     async fn spawn(&self) -> Result<Child, NatsServerError> {
         let mut child = Command::new(&self.binary)
@@ -105,6 +147,9 @@ impl Spec {
                 .await
                 .is_ok()
             {
+                if let Some(pid) = child.id() {
+                    std::fs::write(pid_file(&self.store), pid.to_string())?;
+                }
                 return Ok(child);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -122,6 +167,7 @@ impl ManagedNats {
     pub async fn start(dir: &Path) -> Result<ManagedNats, NatsServerError> {
         let binary = find_nats_server()?;
         std::fs::create_dir_all(dir)?;
+        stop_stale(dir).await;
         let mut last_err = None;
         // A free port can be taken between choosing it and the server binding it: retry.
         for _ in 0..3 {

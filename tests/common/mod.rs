@@ -243,7 +243,15 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Ctrl-C first, so a managed nats-server child is stopped too; SIGKILL if it hangs.
         if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

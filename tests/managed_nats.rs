@@ -10,15 +10,7 @@ use common::{Server, ev};
 #[tokio::test]
 async fn serve_supervises_its_own_nats_server_and_stops_it_on_ctrl_c() {
     let mut server = Server::start(None, &[]).await;
-    let children = Command::new("pgrep")
-        .args(["-P", &server.pid().to_string(), "nats-server"])
-        .output()
-        .unwrap();
-    let child: u32 = String::from_utf8(children.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .expect("one nats-server child");
+    let child = server.managed_nats_pid();
     assert!(
         server.data_dir.join("nats/jetstream").is_dir(),
         "JetStream store under the data dir"
@@ -93,15 +85,7 @@ async fn demo_mode_publishes_live_traffic_that_the_engine_counts() {
 async fn a_restart_after_kill_9_takes_over_the_orphaned_nats_server() {
     let dir = tempfile::tempdir().unwrap();
     let first = Server::start_in(None, &[], &[], dir.path().to_path_buf(), None).await;
-    let children = Command::new("pgrep")
-        .args(["-P", &first.pid().to_string(), "nats-server"])
-        .output()
-        .unwrap();
-    let orphan: u32 = String::from_utf8(children.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let orphan = first.managed_nats_pid();
     Command::new("kill")
         .args(["-KILL", &first.pid().to_string()])
         .status()

@@ -241,11 +241,6 @@ impl ManagedNats {
         &self.url
     }
 
-    /// Process id of the current child (for tests and operators).
-    pub async fn pid(&self) -> Option<u32> {
-        self.child.lock().await.as_ref().and_then(|c| c.id())
-    }
-
     /// Stops the server: SIGTERM, up to 5 s for a clean JetStream shutdown, then SIGKILL.
     pub async fn stop(self) {
         let _ = self.stop_tx.send(true);

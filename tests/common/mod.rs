@@ -151,6 +151,19 @@ impl Server {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Pid of the nats-server child that `serve` manages (without `--nats-url`).
+    pub fn managed_nats_pid(&self) -> u32 {
+        let out = Command::new("pgrep")
+            .args(["-P", &self.pid().to_string(), "nats-server"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .expect("one nats-server child")
+    }
+
     fn auth(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(t) => r.bearer_auth(t),

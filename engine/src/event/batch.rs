@@ -104,21 +104,6 @@ impl DecodedBatch {
         self.rows.clear();
     }
 
-    /// Appends all events of `other` (used to merge per-message decodes).
-    pub fn extend_from(&mut self, other: &DecodedBatch) {
-        let base = self.arena.len() as u32;
-        self.arena.push_str(&other.arena);
-        self.rows.extend(other.rows.iter().map(|r| {
-            let mut r = r.clone();
-            for s in &mut r.strs {
-                if s.start != Span::NONE {
-                    s.start += base;
-                }
-            }
-            r
-        }));
-    }
-
     pub fn get(&self, i: usize) -> EventRef<'_> {
         let r = &self.rows[i];
         EventRef {

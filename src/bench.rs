@@ -12,14 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
-use passpulse_engine::{EngineConfig, new_engine, time::now_millis};
+use passpulse_engine::{EngineConfig, time::now_millis};
 use passpulse_ingest::consumer::{messages, open_consumer};
-use passpulse_ingest::{
-    BusConfig, ConsumerOptions, IngestMetrics, ManagedNats, connect, run_engine_consumer,
-    spawn_publisher,
-};
-use std::sync::Arc;
-use tokio::sync::watch;
+use passpulse_ingest::{BusConfig, ConsumerOptions, ManagedNats, Pipeline, connect};
 
 use crate::publish::publish_lines;
 use crate::synth::{GenOptions, Generator};
@@ -153,7 +148,7 @@ async fn freshness(
     backlog: u64,
     samples: usize,
 ) -> Result<(f64, f64, f64)> {
-    let run = EngineRun::start(js, bus, opts, "bench-fresh");
+    let (run, bus) = start_engine(js, bus, opts, "bench-fresh");
     let engine = run.engine.clone();
     let wait_rows = |n: u64| {
         let engine = engine.clone();
@@ -184,7 +179,7 @@ async fn freshness(
         wait_rows(backlog + i + 1).await?;
         lat.push(acked.elapsed().as_secs_f64() * 1e3);
     }
-    run.stop(js).await;
+    stop_engine(js, run, &bus).await;
     lat.sort_by(f64::total_cmp);
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
     Ok((p(0.5), p(0.99), lat[lat.len() - 1]))
@@ -225,7 +220,7 @@ async fn engine_round(
     events: u64,
 ) -> Result<(f64, f64)> {
     let started = Instant::now();
-    let run = EngineRun::start(js, bus, opts, "bench-engine");
+    let (run, bus) = start_engine(js, bus, opts, "bench-engine");
     let engine = run.engine.clone();
     let deadline = started + Duration::from_secs(600);
     loop {
@@ -240,59 +235,31 @@ async fn engine_round(
     }
     let secs = started.elapsed().as_secs_f64();
     let bpe = engine.stats().hot.bytes_per_event;
-    run.stop(js).await;
+    stop_engine(js, run, &bus).await;
     Ok((secs, bpe))
 }
 
-/// The production consumer pipeline running into a fresh engine, under its own consumer name.
-struct EngineRun {
-    engine: passpulse_engine::Engine,
-    bus: BusConfig,
-    stop_tx: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    dead_letters: tokio::task::JoinHandle<()>,
+/// Starts the production pipeline under its own consumer name.
+fn start_engine(
+    js: &jetstream::Context,
+    bus: &BusConfig,
+    opts: &ConsumerOptions,
+    consumer: &str,
+) -> (Pipeline, BusConfig) {
+    let bus = BusConfig {
+        consumer: consumer.into(),
+        ..bus.clone()
+    };
+    (
+        Pipeline::start(js, &bus, opts.clone(), EngineConfig::default()),
+        bus,
+    )
 }
 
-impl EngineRun {
-    fn start(
-        js: &jetstream::Context,
-        bus: &BusConfig,
-        opts: &ConsumerOptions,
-        consumer: &str,
-    ) -> EngineRun {
-        let bus = BusConfig {
-            consumer: consumer.into(),
-            ..bus.clone()
-        };
-        let (writer, engine) = new_engine(EngineConfig::default());
-        let metrics = Arc::new(IngestMetrics::default());
-        let (sink, dead_letters) = spawn_publisher(js.clone(), bus.clone(), metrics.clone());
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run_engine_consumer(
-            js.clone(),
-            bus.clone(),
-            opts.clone(),
-            writer,
-            sink,
-            metrics,
-            stop_rx,
-        ));
-        EngineRun {
-            engine,
-            bus,
-            stop_tx,
-            task,
-            dead_letters,
-        }
-    }
-
-    /// Stops the pipeline and removes its consumer from the stream.
-    async fn stop(self, js: &jetstream::Context) {
-        let _ = self.stop_tx.send(true);
-        let _ = self.task.await;
-        let _ = self.dead_letters.await;
-        if let Ok(s) = js.get_stream(&self.bus.stream).await {
-            let _ = s.delete_consumer(&self.bus.consumer).await;
-        }
+/// Stops the pipeline and removes its consumer from the stream.
+async fn stop_engine(js: &jetstream::Context, run: Pipeline, bus: &BusConfig) {
+    run.stop().await;
+    if let Ok(s) = js.get_stream(&bus.stream).await {
+        let _ = s.delete_consumer(&bus.consumer).await;
     }
 }

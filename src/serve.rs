@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use passpulse_engine::{EngineConfig, new_engine};
+use passpulse_engine::EngineConfig;
 use passpulse_ingest::intake::IntakeState;
 use passpulse_ingest::{
-    BusConfig, ConsumerOptions, IngestMetrics, ManagedNats, connect, ensure_streams,
-    run_engine_consumer, spawn_publisher,
+    BusConfig, ConsumerOptions, ManagedNats, Pipeline, connect, ensure_streams,
 };
 use passpulse_query::{QueryConfig, QueryMetrics, QueryService, QueryState};
 use tokio::sync::watch;
@@ -39,21 +38,17 @@ pub async fn serve(cfg: Config) -> Result<()> {
     };
     ensure_streams(&js, &bus).await?;
 
-    let (writer, engine) = new_engine(EngineConfig {
-        publish_interval: cfg.ingest.publish_interval,
-    });
-    let ingest_metrics = Arc::new(IngestMetrics::default());
-    let (sink, dead_letters) = spawn_publisher(js.clone(), bus.clone(), ingest_metrics.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let consumer = tokio::spawn(run_engine_consumer(
-        js.clone(),
-        bus.clone(),
+    let pipeline = Pipeline::start(
+        &js,
+        &bus,
         ConsumerOptions::default(),
-        writer,
-        sink,
-        ingest_metrics.clone(),
-        stop_rx.clone(),
-    ));
+        EngineConfig {
+            publish_interval: cfg.ingest.publish_interval,
+        },
+    );
+    let engine = pipeline.engine.clone();
+    let ingest_metrics = pipeline.metrics.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
 
     let service = QueryService::new(
         engine.clone(),
@@ -111,8 +106,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
     if let Some(d) = demo {
         let _ = d.await;
     }
-    let _ = consumer.await;
-    let _ = dead_letters.await;
+    pipeline.stop().await;
     let _ = client.flush().await;
     drop(service);
     if let Some(m) = managed {

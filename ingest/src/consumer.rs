@@ -23,7 +23,9 @@ use async_nats::jetstream::{
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::Either;
-use passpulse_engine::{DecodedBatch, EngineWriter, EventError, event::decode_message};
+use passpulse_engine::{
+    DecodedBatch, Engine, EngineConfig, EngineWriter, EventError, event::decode_message, new_engine,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -104,6 +106,54 @@ pub async fn messages(
         .messages()
         .await
         .map_err(|e| e.to_string())
+}
+
+/// A running pipeline into a fresh engine: the one wiring that `serve` and the benchmarks use.
+pub struct Pipeline {
+    pub engine: Engine,
+    pub metrics: Arc<IngestMetrics>,
+    stop_tx: watch::Sender<bool>,
+    consumer: tokio::task::JoinHandle<()>,
+    dead_letters: tokio::task::JoinHandle<()>,
+}
+
+impl Pipeline {
+    /// Creates the engine, the dead-letter publisher and the consumer pipeline, and starts them.
+    pub fn start(
+        js: &jetstream::Context,
+        bus: &BusConfig,
+        opts: ConsumerOptions,
+        engine: EngineConfig,
+    ) -> Pipeline {
+        let (writer, engine) = new_engine(engine);
+        let metrics = Arc::new(IngestMetrics::default());
+        let (sink, dead_letters) =
+            crate::deadletter::spawn_publisher(js.clone(), bus.clone(), metrics.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let consumer = tokio::spawn(run_engine_consumer(
+            js.clone(),
+            bus.clone(),
+            opts,
+            writer,
+            sink,
+            metrics.clone(),
+            stop_rx,
+        ));
+        Pipeline {
+            engine,
+            metrics,
+            stop_tx,
+            consumer,
+            dead_letters,
+        }
+    }
+
+    /// Stops consuming, applies and publishes what was received, drains the dead letters.
+    pub async fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        let _ = self.consumer.await;
+        let _ = self.dead_letters.await;
+    }
 }
 
 /// Runs the pipeline until `shutdown` becomes true; then drains, publishes and returns.

@@ -148,7 +148,7 @@ async fn freshness(
     backlog: u64,
     samples: usize,
 ) -> Result<(f64, f64, f64)> {
-    let (run, bus) = start_engine(js, bus, opts, "bench-fresh");
+    let (run, bus) = start_engine(js, bus, opts, "bench-fresh").await;
     let engine = run.engine.clone();
     let wait_rows = |n: u64| {
         let engine = engine.clone();
@@ -220,7 +220,7 @@ async fn engine_round(
     events: u64,
 ) -> Result<(f64, f64)> {
     let started = Instant::now();
-    let (run, bus) = start_engine(js, bus, opts, "bench-engine");
+    let (run, bus) = start_engine(js, bus, opts, "bench-engine").await;
     let engine = run.engine.clone();
     let deadline = started + Duration::from_secs(600);
     loop {
@@ -240,7 +240,7 @@ async fn engine_round(
 }
 
 /// Starts the production pipeline under its own consumer name.
-fn start_engine(
+async fn start_engine(
     js: &jetstream::Context,
     bus: &BusConfig,
     opts: &ConsumerOptions,
@@ -251,7 +251,9 @@ fn start_engine(
         ..bus.clone()
     };
     (
-        Pipeline::start(js, &bus, opts.clone(), EngineConfig::default()),
+        Pipeline::start(js, &bus, opts.clone(), EngineConfig::default())
+            .await
+            .expect("an in-memory engine opens"),
         bus,
     )
 }

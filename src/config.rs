@@ -16,7 +16,8 @@ use serde::Deserialize;
 pub struct Config {
     /// NATS server URL; unset = start and supervise a nats-server child under `data_dir`.
     pub nats_url: Option<String>,
-    /// Where passpulse keeps its files (the managed nats-server's store, later Parquet).
+    /// Where passpulse keeps its files: the managed nats-server's store (`nats/`), the Parquet
+    /// files, de-duplication segments and checkpoints.
     pub data_dir: PathBuf,
     /// HTTP listen address.
     pub http: SocketAddr,
@@ -28,6 +29,75 @@ pub struct Config {
     pub demo_rate: u32,
     pub query: QuerySection,
     pub ingest: IngestSection,
+    pub storage: StorageSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// Persist events to Parquet with checkpoints (false: memory only, replay at start).
+    pub persist: bool,
+    /// Flush when this many events are held in memory.
+    pub flush_rows: usize,
+    /// Flush events held longer than this.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// ZSTD level of Parquet files (1–22).
+    pub zstd_level: i32,
+    /// Compact a day's partition once it has this many small files.
+    pub compact_min_files: usize,
+    /// Target size of compacted files, MiB.
+    pub compact_target_mb: u64,
+    /// Drop partitions older than this behind the watermark (unset: keep everything).
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// How long (in arrival time) an event id is remembered to refuse duplicates.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        let p = passpulse_engine::persist::PersistConfig::new("");
+        StorageSection {
+            persist: true,
+            flush_rows: p.flush_rows,
+            flush_interval: p.flush_interval,
+            row_group_rows: p.row_group_rows,
+            zstd_level: p.zstd_level,
+            compact_min_files: p.compact_min_files,
+            compact_target_mb: p.compact_target_bytes >> 20,
+            retention: None,
+            dedup_window: passpulse_engine::EngineConfig::default().dedup_window,
+        }
+    }
+}
+
+impl Config {
+    /// The engine settings this configuration describes.
+    pub fn engine(&self) -> passpulse_engine::EngineConfig {
+        let s = &self.storage;
+        let persist = s.persist.then(|| {
+            let mut p = passpulse_engine::persist::PersistConfig::new(&self.data_dir);
+            p.flush_rows = s.flush_rows.max(1);
+            p.flush_interval = s.flush_interval;
+            p.row_group_rows = s.row_group_rows.max(1);
+            p.zstd_level = s.zstd_level;
+            p.compact_min_files = s.compact_min_files;
+            p.compact_target_bytes = s.compact_target_mb << 20;
+            p.retention = s.retention;
+            // files replaced under a running query stay readable for longer than it can run
+            p.delete_grace = p.delete_grace.max(self.query.timeout * 2);
+            p
+        });
+        passpulse_engine::EngineConfig {
+            publish_interval: self.ingest.publish_interval,
+            dedup_window: s.dedup_window,
+            persist,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +140,7 @@ impl Default for Config {
             demo_rate: 200,
             query: QuerySection::default(),
             ingest: IngestSection::default(),
+            storage: StorageSection::default(),
         }
     }
 }
@@ -129,6 +200,21 @@ pub struct ServeArgs {
     /// Largest accepted NATS message, bytes.
     #[arg(long, env = "PASSPULSE_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Keep events in memory only (no Parquet, no checkpoints; a restart replays the stream).
+    #[arg(long, env = "PASSPULSE_NO_PERSIST")]
+    pub no_persist: bool,
+    /// Flush to Parquet when this many events are held in memory.
+    #[arg(long, env = "PASSPULSE_FLUSH_ROWS")]
+    pub flush_rows: Option<usize>,
+    /// Flush events held longer than this, e.g. 60s.
+    #[arg(long, env = "PASSPULSE_FLUSH_INTERVAL", value_parser = humantime::parse_duration)]
+    pub flush_interval: Option<Duration>,
+    /// Drop Parquet partitions older than this behind the watermark, e.g. 400d.
+    #[arg(long, env = "PASSPULSE_RETENTION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+    /// Remember event ids this long (arrival time) to refuse duplicates, e.g. 24h.
+    #[arg(long, env = "PASSPULSE_DEDUP_WINDOW", value_parser = humantime::parse_duration)]
+    pub dedup_window: Option<Duration>,
 }
 
 impl Config {
@@ -158,6 +244,13 @@ impl Config {
         set!(cfg.query.timeout, args.query_timeout);
         set!(cfg.query.memory_limit_mb, args.query_memory_mb);
         set!(cfg.ingest.max_message_bytes, args.max_message_bytes);
+        cfg.storage.persist &= !args.no_persist;
+        set!(cfg.storage.flush_rows, args.flush_rows);
+        set!(cfg.storage.flush_interval, args.flush_interval);
+        set!(cfg.storage.dedup_window, args.dedup_window);
+        if args.retention.is_some() {
+            cfg.storage.retention = args.retention;
+        }
         if cfg.auth_token.as_deref().is_some_and(|t| t.len() < 16) {
             anyhow::bail!(
                 "auth token must be at least 16 characters; generate one with `openssl rand -hex 24`"
@@ -189,6 +282,11 @@ mod tests {
             query_timeout: None,
             query_memory_mb: None,
             max_message_bytes: None,
+            no_persist: false,
+            flush_rows: None,
+            flush_interval: None,
+            retention: None,
+            dedup_window: None,
         }
     }
 

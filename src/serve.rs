@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use passpulse_engine::EngineConfig;
 use passpulse_ingest::intake::IntakeState;
 use passpulse_ingest::{
     BusConfig, ConsumerOptions, ManagedNats, Pipeline, connect, ensure_streams,
@@ -38,13 +37,18 @@ pub async fn serve(cfg: Config) -> Result<()> {
     };
     ensure_streams(&js, &bus).await?;
 
-    let pipeline = Pipeline::start(
-        &js,
-        &bus,
-        ConsumerOptions::default(),
-        EngineConfig {
-            publish_interval: cfg.ingest.publish_interval,
-        },
+    let pipeline = Pipeline::start(&js, &bus, ConsumerOptions::default(), cfg.engine())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the stored events under {}",
+                cfg.data_dir.display()
+            )
+        })?;
+    info!(
+        from_seq = pipeline.resume.from_seq,
+        checkpoint = pipeline.resume.generation,
+        "engine ready"
     );
     let engine = pipeline.engine.clone();
     let ingest_metrics = pipeline.metrics.clone();

@@ -3,9 +3,15 @@
 //!
 //! The writer is single-threaded by design (like a partition of a stream processor): the caller
 //! owns the [`EngineWriter`] on one thread and scales out by partitioning the subject space.
+//!
+//! With persistence on, [`open_engine`] first recovers the newest valid checkpoint (aggregates,
+//! de-duplication ids, Parquet files) and tells the caller which stream sequence to resume from;
+//! the writer then hands flush jobs to the flusher thread on the flush policy and applies its
+//! reports, and stops taking input while too many rows wait for a slow or failing disk.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
@@ -15,7 +21,11 @@ use serde::Serialize;
 use crate::aggregates::{
     Aggregates, DistinctRow, FunnelCount, RELATIVE_ERROR, SliceCount, TableName,
 };
+use crate::dedup::Dedup;
 use crate::event::{DecodedBatch, EventType};
+use crate::persist::{
+    FileSet, FlushDone, FlushJob, Flusher, PersistConfig, PersistError, PersistMetrics, recover,
+};
 use crate::store::{HotReader, HotSnapshot, HotStore};
 use crate::time;
 
@@ -24,64 +34,267 @@ use crate::time;
 pub struct EngineConfig {
     /// Longest time an applied event stays invisible to queries (default 100 ms).
     pub publish_interval: Duration,
+    /// How long (in arrival time) an event id is remembered for de-duplication (default 24 h).
+    pub dedup_window: Duration,
+    /// Parquet persistence and checkpoints; `None` keeps everything in memory.
+    pub persist: Option<PersistConfig>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             publish_interval: Duration::from_millis(100),
+            dedup_window: Duration::from_secs(24 * 3600),
+            persist: None,
         }
     }
 }
 
-/// Creates an engine: the single writer and a reader handle.
-pub fn new_engine(cfg: EngineConfig) -> (EngineWriter, Engine) {
-    let store = HotStore::new(cfg.publish_interval);
+/// Creates an in-memory engine: the single writer and a reader handle.
+pub fn new_engine(mut cfg: EngineConfig) -> (EngineWriter, Engine) {
+    cfg.persist = None;
+    let (w, e, _) = open_engine(cfg).expect("an in-memory engine has nothing to recover");
+    (w, e)
+}
+
+/// What the engine recovered at start.
+#[derive(Debug, Default, Clone)]
+pub struct Resume {
+    /// Stream sequence to consume from (the checkpoint's last sequence + 1, or 1).
+    pub from_seq: u64,
+    /// Checkpoint generation resumed from (0: none).
+    pub generation: u64,
+    /// Problems found on disk and dealt with.
+    pub warnings: Vec<String>,
+}
+
+/// Opens an engine, recovering its persisted state if persistence is configured.
+pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), PersistError> {
+    let mut store = HotStore::new(cfg.publish_interval);
+    let mut aggs = Aggregates::default();
+    let mut dedup = Dedup::new(cfg.dedup_window.as_millis() as i64);
+    let metrics = Arc::new(PersistMetrics::default());
+    let mut resume = Resume {
+        from_seq: 1,
+        ..Default::default()
+    };
+    let mut applied_seq = 0;
+    let persist = match cfg.persist.clone() {
+        None => None,
+        Some(pc) => {
+            let rec = recover(&pc, &metrics)?;
+            resume.warnings = rec.warnings;
+            dedup.restore(rec.dedup);
+            if let Some((c, bytes)) = &rec.checkpoint {
+                aggs = Aggregates::from_snapshot(bytes).map_err(PersistError::Snapshot)?;
+                dedup.set_duplicates(c.duplicates);
+                metrics.duplicates.store(c.duplicates, Relaxed);
+                metrics.checkpoint_generation.store(c.generation, Relaxed);
+                metrics.checkpoint_seq.store(c.last_seq, Relaxed);
+                resume.from_seq = c.last_seq + 1;
+                resume.generation = c.generation;
+                applied_seq = c.last_seq;
+                store.set_files(Arc::new(FileSet {
+                    root: pc.dir.clone(),
+                    files: c.files.clone(),
+                }));
+            }
+            let flusher = Flusher::start(
+                pc.clone(),
+                rec.checkpoint,
+                rec.older,
+                rec.next_generation,
+                metrics.clone(),
+            );
+            Some(Persist {
+                cfg: pc,
+                flusher,
+                barrier: None,
+                in_flight: false,
+                last_flush: Instant::now(),
+            })
+        }
+    };
     let engine = Engine {
         hot: store.reader(),
-        aggs: Arc::new(Mutex::new(Aggregates::default())),
+        aggs: Arc::new(Mutex::new(aggs)),
+        persist: metrics.clone(),
     };
     let writer = EngineWriter {
         store,
         aggs: engine.aggs.clone(),
+        dedup,
+        persist,
+        metrics,
+        applied_seq,
     };
-    (writer, engine)
+    Ok((writer, engine, resume))
+}
+
+/// Called by the writer before it snapshots for a checkpoint; blocks until side effects of the
+/// events applied so far (dead letters) are durable elsewhere.
+pub type FlushBarrier = Box<dyn Fn() + Send>;
+
+struct Persist {
+    cfg: PersistConfig,
+    flusher: Flusher,
+    barrier: Option<FlushBarrier>,
+    in_flight: bool,
+    last_flush: Instant,
 }
 
 /// The single writer of an engine.
 pub struct EngineWriter {
     store: HotStore,
     aggs: Arc<Mutex<Aggregates>>,
+    dedup: Dedup,
+    persist: Option<Persist>,
+    metrics: Arc<PersistMetrics>,
+    /// Highest stream sequence applied (or skipped as refused) so far.
+    applied_seq: u64,
 }
 
 impl EngineWriter {
-    /// Applies every event of `batch` to the hot store and the aggregates, then publishes to
-    /// queries if the publish interval has passed.
+    /// Applies every event of `batch` to the hot store and the aggregates (skipping ids already
+    /// seen within the de-duplication window), then publishes to queries if the publish interval
+    /// has passed and flushes if the flush policy says so.
     pub fn apply(&mut self, batch: &DecodedBatch) {
-        let ingested_at = time::now_millis();
+        let now = time::now_millis();
         {
             let mut aggs = self.aggs.lock();
             for e in batch.iter() {
-                self.store.append(&e, ingested_at);
+                let arrival = if e.arrival > 0 { e.arrival } else { now };
+                if !self.dedup.first_seen(e.id, arrival) {
+                    continue;
+                }
+                self.store.append(&e, now);
                 aggs.apply(&e);
             }
         }
+        self.metrics
+            .duplicates
+            .store(self.dedup.duplicates(), Relaxed);
+        self.applied_seq = self.applied_seq.max(batch.last_seq());
         self.store.maybe_publish(Instant::now());
+        self.persist_step();
     }
 
     /// Publishes pending rows if the interval has passed; call on a timer while busy.
     pub fn tick(&mut self) {
         self.store.maybe_publish(Instant::now());
+        self.persist_step();
     }
 
     /// Publishes pending rows now; call when nothing is waiting to be applied.
     pub fn idle(&mut self) {
         self.store.publish_idle();
+        self.persist_step();
     }
 
     /// Makes everything applied so far visible to queries now.
     pub fn publish(&mut self) {
         self.store.publish_now();
+    }
+
+    /// Sets the barrier run before each checkpoint snapshot.
+    pub fn set_flush_barrier(&mut self, barrier: FlushBarrier) {
+        if let Some(p) = self.persist.as_mut() {
+            p.barrier = Some(barrier);
+        }
+    }
+
+    /// Highest stream sequence applied so far.
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq
+    }
+
+    /// Applies flusher reports, starts a flush when due, and blocks while the rows held in
+    /// memory exceed three times the flush size (the disk is slower than the stream, or failing).
+    fn persist_step(&mut self) {
+        let Some(p) = self.persist.as_mut() else {
+            return;
+        };
+        while let Some(done) = p.flusher.try_done() {
+            Self::on_done(&mut self.store, p, done);
+        }
+        let held = self.store.rows();
+        let due = held >= p.cfg.flush_rows
+            || (held > 0 && p.last_flush.elapsed() >= p.cfg.flush_interval);
+        if due && !p.in_flight {
+            self.start_flush();
+        }
+        let Some(p) = self.persist.as_mut() else {
+            return;
+        };
+        while p.in_flight && self.store.rows() >= p.cfg.flush_rows.saturating_mul(3) {
+            match p.flusher.wait_done() {
+                Some(done) => Self::on_done(&mut self.store, p, done),
+                None => break,
+            }
+        }
+    }
+
+    fn on_done(store: &mut HotStore, p: &mut Persist, done: FlushDone) {
+        match done {
+            FlushDone::Flushed { files, batches } => {
+                store.flushed(batches, files);
+                p.in_flight = false;
+            }
+            FlushDone::Files(files) => store.set_files(files),
+            FlushDone::Abandoned => p.in_flight = false,
+        }
+    }
+
+    fn start_flush(&mut self) {
+        let Some(p) = self.persist.as_mut() else {
+            return;
+        };
+        if let Some(b) = &p.barrier {
+            b();
+        }
+        let batches = self.store.take_for_flush();
+        let aggs = self.aggs.lock();
+        let job = FlushJob {
+            batches,
+            aggregates: aggs.snapshot(),
+            dedup: self.dedup.take_segment(),
+            oldest_kept_minute: self.dedup.oldest_kept_minute(),
+            last_seq: self.applied_seq,
+            events: aggs.events(),
+            duplicates: self.dedup.duplicates(),
+            watermark: aggs.watermark(),
+        };
+        drop(aggs);
+        p.in_flight = true;
+        p.last_flush = Instant::now();
+        p.flusher.submit(job);
+    }
+
+    /// Flushes what is held and waits for the commit (a clean shutdown: the next start replays
+    /// nothing); then stops the flusher.
+    pub fn close(mut self) {
+        self.store.publish_now();
+        let Some(p) = self.persist.as_mut() else {
+            return;
+        };
+        // let a flush under way finish first
+        while p.in_flight {
+            match p.flusher.wait_done() {
+                Some(done) => Self::on_done(&mut self.store, p, done),
+                None => break,
+            }
+        }
+        let covered = self.metrics.checkpoint_seq.load(Relaxed);
+        if self.store.rows() > 0 || self.applied_seq > covered {
+            self.start_flush();
+        }
+        if let Some(p) = self.persist.take() {
+            for done in p.flusher.close() {
+                if let FlushDone::Flushed { files, batches } = done {
+                    self.store.flushed(batches, files);
+                }
+            }
+        }
     }
 }
 
@@ -90,6 +303,7 @@ impl EngineWriter {
 pub struct Engine {
     hot: HotReader,
     aggs: Arc<Mutex<Aggregates>>,
+    persist: Arc<PersistMetrics>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -118,6 +332,11 @@ impl Engine {
     /// Events applied so far.
     pub fn events_applied(&self) -> u64 {
         self.aggs.lock().events()
+    }
+
+    /// Counters of persistence and de-duplication.
+    pub fn persist_metrics(&self) -> &PersistMetrics {
+        &self.persist
     }
 
     /// Live figures for `/api/v1/stats`.
@@ -173,6 +392,22 @@ impl Engine {
             .collect();
         let rows_held = hot.rows();
         let bytes = hot.bytes();
+        let pm = &self.persist;
+        let disk_rows = hot.files.rows();
+        let disk_bytes = hot.files.bytes();
+        let disk = DiskStats {
+            files: hot.files.files.len(),
+            rows: disk_rows,
+            bytes: disk_bytes,
+            bytes_per_event: if disk_rows == 0 {
+                0.0
+            } else {
+                disk_bytes as f64 / disk_rows as f64
+            },
+            checkpoint_generation: PersistMetrics::get(&pm.checkpoint_generation),
+            checkpoint_seq: PersistMetrics::get(&pm.checkpoint_seq),
+            duplicates: PersistMetrics::get(&pm.duplicates),
+        };
         Stats {
             watermark: watermark.map(time::format_millis),
             events: a.events(),
@@ -192,6 +427,7 @@ impl Engine {
                     bytes as f64 / rows_held as f64
                 },
             },
+            disk,
         }
     }
 }
@@ -210,7 +446,23 @@ pub struct Stats {
     pub location_peaks: Vec<PeakStats>,
     pub distinct: DistinctStats,
     pub funnel: BTreeMap<String, FunnelCount>,
+    /// Events held in memory (not yet flushed).
     pub hot: HotStats,
+    /// Events in Parquet files, and the checkpoint.
+    pub disk: DiskStats,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiskStats {
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub bytes_per_event: f64,
+    pub checkpoint_generation: u64,
+    /// Stream sequence covered by the newest checkpoint.
+    pub checkpoint_seq: u64,
+    /// Events refused as duplicates of an id seen within the window.
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -6,8 +6,11 @@
 //! contents); at `MAX_BATCH_ROWS` the builder is sealed into an immutable batch and starts empty.
 //! `MAX_BATCH_ROWS` keeps each batch's distinct values within the 16-bit dictionary keys, so a
 //! dictionary can never overflow. When the writer is idle (caught up with the stream) it
-//! publishes at once instead of waiting for the interval. Persistence to Parquet and eviction are
-//! not owned here yet.
+//! publishes at once instead of waiting for the interval.
+//!
+//! With persistence on, a flush takes every sealed batch ([`HotStore::take_for_flush`]); once the
+//! flusher has committed them, [`HotStore::flushed`] drops them and publishes the new file list in
+//! the same snapshot, so a query sees each row exactly once: in memory before, on disk after.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::RwLock;
 
 use crate::event::{EventRef, EventType, Platform};
+use crate::persist::FileSet;
 use crate::schema::{events_schema, ts_type};
 
 /// Largest batch: distinct values per batch ≤ rows ≤ u16::MAX, so `UInt16` keys never overflow.
@@ -29,9 +33,11 @@ pub const MAX_BATCH_ROWS: usize = u16::MAX as usize;
 /// An idle writer seals rather than copies an open batch of at least this many rows.
 pub const IDLE_SEAL_ROWS: usize = 8_192;
 
-/// What queries see: sealed batches plus the published part of the open one.
+/// What queries see: the Parquet files, the sealed batches and the published part of the open
+/// one — together, every event applied, each once.
 #[derive(Debug, Clone, Default)]
 pub struct HotSnapshot {
+    pub files: Arc<FileSet>,
     pub sealed: Vec<RecordBatch>,
     pub tail: Option<RecordBatch>,
 }
@@ -41,6 +47,7 @@ impl HotSnapshot {
         self.sealed.iter().chain(self.tail.iter())
     }
 
+    /// Rows held in memory.
     pub fn rows(&self) -> usize {
         self.batches().map(|b| b.num_rows()).sum()
     }
@@ -144,7 +151,11 @@ impl Builders {
             }
         }
         self.seq.append_value(e.seq);
-        self.ingested_at.append_value(ingested_at);
+        self.ingested_at.append_value(if e.arrival > 0 {
+            e.arrival
+        } else {
+            ingested_at
+        });
         self.id.append_value(e.id);
         self.kind.append_value(e.kind as u8);
         self.ts.append_value(e.ts);
@@ -217,6 +228,8 @@ pub struct HotStore {
     open_rows: usize,
     published_rows: usize,
     sealed: Vec<RecordBatch>,
+    sealed_rows: usize,
+    files: Arc<FileSet>,
     last_publish: Instant,
     publish_interval: Duration,
     reader: HotReader,
@@ -230,6 +243,8 @@ impl HotStore {
             open_rows: 0,
             published_rows: 0,
             sealed: Vec::new(),
+            sealed_rows: 0,
+            files: Arc::default(),
             last_publish: Instant::now(),
             publish_interval,
             reader: HotReader::default(),
@@ -238,6 +253,41 @@ impl HotStore {
 
     pub fn reader(&self) -> HotReader {
         self.reader.clone()
+    }
+
+    /// Rows held in memory (sealed and open).
+    pub fn rows(&self) -> usize {
+        self.sealed_rows + self.open_rows
+    }
+
+    /// Seals the open rows and returns every sealed batch, for a flush. The batches stay visible
+    /// until [`HotStore::flushed`] is called with their count.
+    pub fn take_for_flush(&mut self) -> Vec<RecordBatch> {
+        if self.open_rows > 0 {
+            self.seal();
+        }
+        self.sealed.clone()
+    }
+
+    /// The first `batches` sealed batches are in `files` now: drop them and show the files, in
+    /// one snapshot.
+    pub fn flushed(&mut self, batches: usize, files: Arc<FileSet>) {
+        let n = batches.min(self.sealed.len());
+        let gone: usize = self.sealed.drain(..n).map(|b| b.num_rows()).sum();
+        self.sealed_rows -= gone;
+        self.files = files;
+        self.republish();
+    }
+
+    /// The file list changed (compaction, retention, recovery).
+    pub fn set_files(&mut self, files: Arc<FileSet>) {
+        self.files = files;
+        self.republish();
+    }
+
+    fn republish(&mut self) {
+        let tail = self.reader.snapshot().tail.clone();
+        self.install(tail);
     }
 
     pub fn append(&mut self, e: &EventRef<'_>, ingested_at: i64) {
@@ -293,6 +343,7 @@ impl HotStore {
         }
         let batch =
             RecordBatch::try_new(self.schema.clone(), cols).expect("builders match the schema");
+        self.sealed_rows += batch.num_rows();
         self.sealed.push(batch);
         self.open_rows = 0;
         self.published_rows = 0;
@@ -301,6 +352,7 @@ impl HotStore {
 
     fn install(&mut self, tail: Option<RecordBatch>) {
         let snap = Arc::new(HotSnapshot {
+            files: self.files.clone(),
             sealed: self.sealed.clone(),
             tail,
         });

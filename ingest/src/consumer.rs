@@ -9,7 +9,12 @@
 //! Position, not acks, is the source of truth: the consumer uses `AckPolicy::None` and, on any
 //! broker error or delivery gap, is re-created at the stream sequence after the last one
 //! received. Messages at or below that sequence are skipped, so nothing is applied twice and
-//! nothing is skipped. (At start the position is 1: the engine rebuilds from the whole stream.)
+//! nothing is skipped. At start the position is the engine's checkpoint + 1 (1 without
+//! persistence: the engine rebuilds from the whole stream).
+//!
+//! Each message's broker timestamp travels with its events as their arrival time: it is what
+//! `ingested_at` records and what id de-duplication measures its window in, so a replay after a
+//! crash takes the same decisions as the first pass.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,8 +28,10 @@ use async_nats::jetstream::{
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::Either;
+use passpulse_engine::persist::PersistError;
 use passpulse_engine::{
-    DecodedBatch, Engine, EngineConfig, EngineWriter, EventError, event::decode_message, new_engine,
+    DecodedBatch, Engine, EngineConfig, EngineWriter, EventError, Resume, event::decode_message,
+    open_engine,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -61,6 +68,8 @@ struct RawMsg {
     subject: async_nats::Subject,
     payload: Bytes,
     seq: u64,
+    /// Broker timestamp, epoch millis.
+    arrival: i64,
 }
 
 enum WriterMsg {
@@ -112,23 +121,40 @@ pub async fn messages(
 pub struct Pipeline {
     pub engine: Engine,
     pub metrics: Arc<IngestMetrics>,
+    /// Where the engine resumed from.
+    pub resume: Resume,
     stop_tx: watch::Sender<bool>,
     consumer: tokio::task::JoinHandle<()>,
     dead_letters: tokio::task::JoinHandle<()>,
 }
 
 impl Pipeline {
-    /// Creates the engine, the dead-letter publisher and the consumer pipeline, and starts them.
-    pub fn start(
+    /// Opens the engine (recovering its checkpoint, if persistent), creates the dead-letter
+    /// publisher and the consumer pipeline, and starts them at the engine's resume position.
+    /// Call from a Tokio runtime; recovery reads the disk on a blocking thread.
+    pub async fn start(
         js: &jetstream::Context,
         bus: &BusConfig,
         opts: ConsumerOptions,
         engine: EngineConfig,
-    ) -> Pipeline {
-        let (writer, engine) = new_engine(engine);
+    ) -> Result<Pipeline, PersistError> {
+        let (mut writer, engine, resume) = tokio::task::spawn_blocking(move || open_engine(engine))
+            .await
+            .expect("engine recovery does not panic")?;
         let metrics = Arc::new(IngestMetrics::default());
+        metrics
+            .last_seq
+            .store(resume.from_seq.saturating_sub(1), Relaxed);
         let (sink, dead_letters) =
             crate::deadletter::spawn_publisher(js.clone(), bus.clone(), metrics.clone());
+        {
+            let sink = sink.clone();
+            writer.set_flush_barrier(Box::new(move || {
+                if !sink.wait_drained(Duration::from_secs(30)) {
+                    warn!("dead letters are still unpublished after 30 s; checkpointing anyway");
+                }
+            }));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let consumer = tokio::spawn(run_engine_consumer(
             js.clone(),
@@ -137,18 +163,23 @@ impl Pipeline {
             writer,
             sink,
             metrics.clone(),
-            stop_rx,
+            Position {
+                from_seq: resume.from_seq,
+                shutdown: stop_rx,
+            },
         ));
-        Pipeline {
+        Ok(Pipeline {
             engine,
             metrics,
+            resume,
             stop_tx,
             consumer,
             dead_letters,
-        }
+        })
     }
 
-    /// Stops consuming, applies and publishes what was received, drains the dead letters.
+    /// Stops consuming, applies and publishes what was received, flushes and checkpoints it (if
+    /// persistent), and drains the dead letters.
     pub async fn stop(self) {
         let _ = self.stop_tx.send(true);
         let _ = self.consumer.await;
@@ -156,16 +187,26 @@ impl Pipeline {
     }
 }
 
-/// Runs the pipeline until `shutdown` becomes true; then drains, publishes and returns.
-pub async fn run_engine_consumer(
+/// Where consuming starts, and the signal that stops it.
+struct Position {
+    from_seq: u64,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Runs the pipeline until `shutdown` becomes true; then drains, closes the writer and returns.
+async fn run_engine_consumer(
     js: jetstream::Context,
     cfg: BusConfig,
     opts: ConsumerOptions,
     writer: EngineWriter,
     sink: DeadLetterSink,
     metrics: Arc<IngestMetrics>,
-    mut shutdown: watch::Receiver<bool>,
+    position: Position,
 ) {
+    let Position {
+        from_seq,
+        mut shutdown,
+    } = position;
     let (wtx, wrx) = mpsc::channel::<WriterMsg>(8);
     let writer_thread = std::thread::Builder::new()
         .name("passpulse-writer".into())
@@ -220,7 +261,7 @@ pub async fn run_engine_consumer(
         )
     };
 
-    receive_loop(&js, &cfg, &opts, &rtx, &metrics, &mut shutdown).await;
+    receive_loop(&js, &cfg, &opts, from_seq, &rtx, &metrics, &mut shutdown).await;
     drop(rtx);
     let _ = decode_stage.await;
     ticker.abort();
@@ -232,11 +273,12 @@ async fn receive_loop(
     js: &jetstream::Context,
     cfg: &BusConfig,
     opts: &ConsumerOptions,
+    from_seq: u64,
     rtx: &mpsc::Sender<Vec<RawMsg>>,
     metrics: &IngestMetrics,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    let mut next_seq: u64 = 1;
+    let mut next_seq: u64 = from_seq.max(1);
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     'outer: while !*shutdown.borrow() {
@@ -298,13 +340,18 @@ async fn receive_loop(
                     }
                 };
                 let info = match m.info() {
-                    Ok(i) => (i.stream_sequence, i.consumer_sequence, i.pending),
+                    Ok(i) => (
+                        i.stream_sequence,
+                        i.consumer_sequence,
+                        i.pending,
+                        (i.published.unix_timestamp_nanos() / 1_000_000) as i64,
+                    ),
                     Err(e) => {
                         broken = Some(format!("unreadable delivery metadata: {e}"));
                         break;
                     }
                 };
-                let (seq, cseq, pending) = info;
+                let (seq, cseq, pending, arrival) = info;
                 if cseq != last_cseq + 1 {
                     broken = Some(format!(
                         "delivery gap: consumer sequence {cseq} after {last_cseq}"
@@ -322,6 +369,7 @@ async fn receive_loop(
                     subject: m.subject,
                     payload: m.payload,
                     seq,
+                    arrival,
                 });
             }
             if !raw.is_empty() {
@@ -348,6 +396,8 @@ fn decode_chunk(
 ) -> DecodedBatch {
     let mut out = DecodedBatch::with_capacity(chunk.len());
     for m in chunk {
+        out.note_seq(m.seq);
+        out.set_arrival(m.arrival);
         if m.payload.len() > max_bytes {
             sink.send(DeadLetter {
                 error: EventError::too_large(m.payload.len(), max_bytes),
@@ -387,5 +437,5 @@ fn writer_loop(mut writer: EngineWriter, mut rx: mpsc::Receiver<WriterMsg>) {
             WriterMsg::Tick => writer.idle(),
         }
     }
-    writer.publish();
+    writer.close();
 }

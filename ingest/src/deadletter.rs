@@ -3,10 +3,13 @@
 //! the source subject, stream sequence and line as headers. The dead-letter stream keeps them.
 //!
 //! Publishing runs on its own task so a burst of bad input never stalls the consumer; a failed
-//! publish is retried with backoff before it is counted as lost.
+//! publish is retried with backoff before it is counted as lost. Before the engine commits a
+//! checkpoint it waits for the queue to drain ([`DeadLetterSink::wait_drained`]), so a dead letter
+//! is never covered by a checkpoint before the broker has it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -38,16 +41,33 @@ pub struct DeadLetter {
 pub struct DeadLetterSink {
     tx: mpsc::UnboundedSender<DeadLetter>,
     metrics: Arc<IngestMetrics>,
+    /// Dead letters handed over and not yet acknowledged by the broker (or given up on).
+    pending: Arc<AtomicU64>,
 }
 
 impl DeadLetterSink {
     pub fn send(&self, d: DeadLetter) {
         self.metrics.dead_letter(d.error.reason);
+        self.pending.fetch_add(1, SeqCst);
         if self.tx.send(d).is_err() {
+            self.pending.fetch_sub(1, SeqCst);
             self.metrics
                 .dead_letter_publish_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Blocks (this is for the writer thread) until every dead letter handed over so far is
+    /// published, or `timeout` passes; returns whether the queue drained.
+    pub fn wait_drained(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.pending.load(SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 }
 
@@ -58,13 +78,16 @@ pub fn spawn_publisher(
     metrics: Arc<IngestMetrics>,
 ) -> (DeadLetterSink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<DeadLetter>();
+    let pending = Arc::new(AtomicU64::new(0));
     let sink = DeadLetterSink {
         tx,
         metrics: metrics.clone(),
+        pending: pending.clone(),
     };
     let task = tokio::spawn(async move {
         while let Some(d) = rx.recv().await {
             publish(&js, &cfg, &metrics, d).await;
+            pending.fetch_sub(1, SeqCst);
         }
     });
     (sink, task)

@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod nats_server;
 
 pub use bus::{BusConfig, BusError, connect, ensure_streams};
-pub use consumer::{ConsumerOptions, Pipeline, run_engine_consumer};
+pub use consumer::{ConsumerOptions, Pipeline};
 pub use deadletter::{DeadLetter, DeadLetterSink, spawn_publisher};
 pub use metrics::IngestMetrics;
 pub use nats_server::{ManagedNats, NatsServerError};

@@ -1,6 +1,12 @@
-//! DataFusion table providers over the live engine: `events` (the hot store's current snapshot)
-//! and the aggregate tables (`install_base`, `location_peaks`, …), each materialised from the
-//! engine's state when a query is planned. A query therefore sees one consistent snapshot.
+//! DataFusion table providers over the live engine: `events` (Parquet files ∪ the hot store, from
+//! one engine snapshot) and the aggregate tables (`install_base`, `location_peaks`, …), each
+//! materialised from the engine's state when a query is planned. A query therefore sees one
+//! consistent snapshot: a flush swaps rows from memory to disk in a single step, so no row is
+//! missing or counted twice.
+//!
+//! The file list comes from the engine, not from listing directories, so new files are visible at
+//! once and no listing cache can hide them. Filters prune whole files by their recorded `ts` and
+//! `seq` ranges before the scan is built, then row groups and pages inside the Parquet reader.
 
 use std::sync::Arc;
 
@@ -8,13 +14,28 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::Result;
+use datafusion::common::pruning::PrunableStatistics;
+use datafusion::common::stats::Precision;
+use datafusion::common::{DFSchema, Result, ScalarValue, Statistics};
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::logical_expr::{Expr, TableType};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+use passpulse_engine::persist::{DataFile, FileSet};
+use passpulse_engine::schema::UTC;
 use passpulse_engine::{Engine, TableName, schema::events_schema};
 
-/// `events`: every event the engine holds.
+/// Column positions used for file statistics.
+const SEQ: usize = 0;
+const TS: usize = 4;
+
+/// `events`: every event the engine holds, on disk and in memory.
 #[derive(Debug)]
 pub struct EventsTable {
     engine: Engine,
@@ -23,6 +44,78 @@ pub struct EventsTable {
 impl EventsTable {
     pub fn new(engine: Engine) -> Self {
         EventsTable { engine }
+    }
+}
+
+/// What DataFusion may know about a file without opening it.
+fn file_statistics(schema: &SchemaRef, f: &DataFile) -> Statistics {
+    let mut s = Statistics::new_unknown(schema);
+    s.num_rows = Precision::Exact(f.rows as usize);
+    s.total_byte_size = Precision::Inexact(f.bytes as usize);
+    let ts = |v| ScalarValue::TimestampMillisecond(Some(v), Some(UTC.into()));
+    s.column_statistics[TS].min_value = Precision::Exact(ts(f.min_ts));
+    s.column_statistics[TS].max_value = Precision::Exact(ts(f.max_ts));
+    s.column_statistics[TS].null_count = Precision::Exact(0);
+    s.column_statistics[SEQ].min_value = Precision::Exact(ScalarValue::UInt64(Some(f.min_seq)));
+    s.column_statistics[SEQ].max_value = Precision::Exact(ScalarValue::UInt64(Some(f.max_seq)));
+    s.column_statistics[SEQ].null_count = Precision::Exact(0);
+    s
+}
+
+impl EventsTable {
+    fn parquet_scan(
+        &self,
+        state: &dyn Session,
+        files: &FileSet,
+        filters: &[Expr],
+        projection: Option<&Vec<usize>>,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let schema = self.schema();
+        let predicate = match conjunction(filters.iter().cloned()) {
+            Some(e) => Some(state.create_physical_expr(e, &DFSchema::try_from(schema.clone())?)?),
+            None => None,
+        };
+        let stats: Vec<Arc<Statistics>> = files
+            .files
+            .iter()
+            .map(|f| Arc::new(file_statistics(&schema, f)))
+            .collect();
+        // files whose ts/seq ranges cannot match the filters are not scanned at all
+        let keep = match &predicate {
+            Some(p) => match PruningPredicateBuilder::new()
+                .with_file_schema(schema.clone())
+                .try_build(p.clone())
+            {
+                Ok(pp) => pp.prune(&PrunableStatistics::new(stats.clone(), schema.clone()))?,
+                Err(_) => vec![true; files.files.len()],
+            },
+            None => vec![true; files.files.len()],
+        };
+        let parts: Vec<PartitionedFile> = files
+            .files
+            .iter()
+            .zip(stats)
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|((f, st), _)| {
+                PartitionedFile::new(files.abs_path(f).to_string_lossy(), f.bytes)
+                    .with_statistics(st)
+            })
+            .collect();
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let mut src = ParquetSource::new(schema.clone())
+            .with_table_parquet_options(state.table_options().parquet.clone());
+        if let Some(p) = predicate {
+            src = src.with_predicate(p);
+        }
+        let groups = FileGroup::new(parts).split_files(state.config().target_partitions().max(1));
+        let cfg = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(src))
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .build();
+        Ok(Some(DataSourceExec::from_data_source(cfg)))
     }
 }
 
@@ -36,11 +129,19 @@ impl TableProvider for EventsTable {
         TableType::Base
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // used for pruning only: DataFusion still applies every filter to the rows
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let snap = self.engine.hot_snapshot();
@@ -49,11 +150,11 @@ impl TableProvider for EventsTable {
         for (i, b) in snap.batches().enumerate() {
             parts[i % n].push(b.clone());
         }
-        Ok(MemorySourceConfig::try_new_exec(
-            &parts,
-            self.schema(),
-            projection.cloned(),
-        )?)
+        let mem = MemorySourceConfig::try_new_exec(&parts, self.schema(), projection.cloned())?;
+        match self.parquet_scan(state, &snap.files, filters, projection)? {
+            Some(disk) => UnionExec::try_new(vec![disk, mem]),
+            None => Ok(mem),
+        }
     }
 }
 

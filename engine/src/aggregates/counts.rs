@@ -2,6 +2,7 @@
 //! time (relative to the watermark).
 
 use ahash::AHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::event::EventType;
 use crate::time;
@@ -10,7 +11,7 @@ use crate::time;
 pub(crate) const RETAIN_MINUTES: i64 = 10_080;
 const N: usize = EventType::COUNT;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct TypeCounts {
     pub(crate) totals: [u64; N],
     minutes: AHashMap<i64, [u32; N]>,

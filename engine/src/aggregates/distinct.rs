@@ -57,7 +57,7 @@ fn sketch() -> Sketch {
 /// Slots of the recently-inserted cache of each sketch of the current day.
 const SEEN_SLOTS: usize = 4096;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Trio {
     passes: Sketch,
     devices: Sketch,
@@ -66,6 +66,7 @@ struct Trio {
     /// day is current. In HLL++'s sparse mode every insert, even of a value already counted,
     /// costs a share of a list merge (~150 ns against ~4 ns dense); skipping a repeat never
     /// changes a sketch, so the cache is exact and makes low-cardinality sketches cheap.
+    #[serde(skip)]
     seen: Vec<u64>,
 }
 
@@ -122,14 +123,14 @@ pub struct DistinctRow {
     pub customers: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Day {
     trio: Trio,
     /// Inserted into since it was last merged into the all-time union.
     dirty: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Distinct {
     /// Union of every day merged so far.
     all: Trio,

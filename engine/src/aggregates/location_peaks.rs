@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use ahash::AHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::time;
 
@@ -15,7 +16,7 @@ use crate::time;
 pub const WINDOWS: [(&str, i64); 3] = [("1h", 60), ("24h", 1_440), ("7d", 10_080)];
 const RETAIN_MINUTES: i64 = 10_080;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Loc {
     minutes: BTreeMap<i64, u32>,
     total: u64,
@@ -36,7 +37,7 @@ pub struct Peak {
     pub scans: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct LocationPeaks {
     locs: AHashMap<Box<str>, Loc>,
     pruned_to: i64,

@@ -13,9 +13,11 @@ pub use location_peaks::{Peak, WINDOWS};
 pub use passes::{FunnelCount, SliceCount, UNKNOWN};
 pub use tables::TableName;
 
+use serde::{Deserialize, Serialize};
+
 use crate::event::{EventRef, EventType};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Aggregates {
     /// Newest event time seen (epoch millis); `None` before the first event.
     pub(crate) watermark: Option<i64>,
@@ -43,6 +45,18 @@ impl Aggregates {
             self.peaks.prune(e.ts);
             self.counts.prune(e.ts);
         }
+    }
+
+    /// The whole state as bytes (postcard), for a checkpoint.
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("aggregates serialise")
+    }
+
+    /// State from [`Aggregates::snapshot`] bytes.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, String> {
+        let mut a: Aggregates = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        a.passes.reintern();
+        Ok(a)
     }
 
     pub fn watermark(&self) -> Option<i64> {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use ahash::{AHashMap, AHashSet};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{EventRef, Platform};
 
@@ -21,7 +21,7 @@ const INSTALLED: u8 = 2;
 const SCANNED: u8 = 4;
 const REDEEMED: u8 = 8;
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Reg {
     device: Box<str>,
     platform: Platform,
@@ -30,7 +30,7 @@ struct Reg {
     seq: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct PassState {
     program: Option<Arc<str>>,
     source: Option<Arc<str>>,
@@ -49,7 +49,7 @@ impl PassState {
 }
 
 /// Live counts of one slice (a programme, a source, …).
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SliceCount {
     /// Passes with at least one live registration.
     pub active_passes: u64,
@@ -65,7 +65,7 @@ impl SliceCount {
 }
 
 /// Funnel counts of one source.
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FunnelCount {
     /// `link.clicked` events carrying this source.
     pub clicked: u64,
@@ -97,7 +97,7 @@ impl FunnelCount {
 /// Label used for passes whose programme or source is not (yet) known.
 pub const UNKNOWN: &str = "(unknown)";
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Passes {
     passes: hashbrown::HashMap<Box<str>, PassState, ahash::RandomState>,
     symbols: AHashSet<Arc<str>>,
@@ -110,6 +110,21 @@ pub struct Passes {
 }
 
 impl Passes {
+    /// After loading from a snapshot every `Arc<str>` is its own allocation: share them again
+    /// so each programme and source name is held once, as in a live engine.
+    pub(crate) fn reintern(&mut self) {
+        let mut symbols = std::mem::take(&mut self.symbols);
+        let mut share = |a: &mut Arc<str>| match symbols.get(&**a) {
+            Some(s) => *a = s.clone(),
+            None => drop(symbols.insert(a.clone())),
+        };
+        for st in self.passes.values_mut() {
+            st.program.iter_mut().for_each(&mut share);
+            st.source.iter_mut().for_each(&mut share);
+        }
+        self.symbols = symbols;
+    }
+
     fn sym(&mut self, s: &str) -> Arc<str> {
         if let Some(a) = self.symbols.get(s) {
             return a.clone();

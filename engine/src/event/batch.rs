@@ -39,6 +39,7 @@ pub(crate) const F_ATTRS: usize = 11;
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
     pub(crate) seq: u64,
+    pub(crate) arrival: i64,
     pub(crate) ts: i64,
     pub(crate) value: f64,
     pub(crate) has_value: bool,
@@ -52,6 +53,10 @@ pub(crate) struct Row {
 pub struct DecodedBatch {
     arena: String,
     rows: Vec<Row>,
+    /// Arrival time given to the rows decoded next (see [`DecodedBatch::set_arrival`]).
+    arrival: i64,
+    /// Highest stream sequence of any message decoded into the batch, events or not.
+    last_seq: u64,
 }
 
 /// One validated event, borrowing its strings from a [`DecodedBatch`].
@@ -59,6 +64,9 @@ pub struct DecodedBatch {
 pub struct EventRef<'a> {
     /// JetStream stream sequence of the message that carried the event (0 if not from a stream).
     pub seq: u64,
+    /// When the broker stored the message, epoch millis (0 if unknown). Deterministic on replay,
+    /// so it is what `ingested_at` records and what the id de-duplication window is measured in.
+    pub arrival: i64,
     pub id: &'a str,
     pub kind: EventType,
     /// Event time, epoch milliseconds UTC.
@@ -88,7 +96,26 @@ impl DecodedBatch {
         DecodedBatch {
             arena: String::with_capacity(events * 96),
             rows: Vec::with_capacity(events),
+            arrival: 0,
+            last_seq: 0,
         }
+    }
+
+    /// Sets the arrival time (epoch millis) of the events decoded next: the broker's timestamp of
+    /// the message that carries them.
+    pub fn set_arrival(&mut self, millis: i64) {
+        self.arrival = millis;
+    }
+
+    /// Records that the message with stream sequence `seq` was consumed, even if it yielded no
+    /// event (all lines dead-lettered): the engine's position covers it.
+    pub fn note_seq(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Highest stream sequence consumed into this batch (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
     }
 
     pub fn len(&self) -> usize {
@@ -102,12 +129,15 @@ impl DecodedBatch {
     pub fn clear(&mut self) {
         self.arena.clear();
         self.rows.clear();
+        self.arrival = 0;
+        self.last_seq = 0;
     }
 
     pub fn get(&self, i: usize) -> EventRef<'_> {
         let r = &self.rows[i];
         EventRef {
             seq: r.seq,
+            arrival: r.arrival,
             id: self.span(r.strs[F_ID]).unwrap_or_default(),
             kind: r.kind,
             ts: r.ts,
@@ -161,7 +191,9 @@ impl DecodedBatch {
         }
     }
 
-    pub(crate) fn push_row(&mut self, row: Row) {
+    pub(crate) fn push_row(&mut self, mut row: Row) {
+        row.arrival = self.arrival;
+        self.last_seq = self.last_seq.max(row.seq);
         self.rows.push(row);
     }
 

@@ -36,6 +36,7 @@ pub fn decode_message(
     out: &mut DecodedBatch,
     mut reject: impl FnMut(EventError, &[u8]),
 ) -> usize {
+    out.note_seq(seq);
     let mut accepted = 0;
     let mut any_line = false;
     for (i, line) in payload.split(|&b| b == b'\n').enumerate() {
@@ -565,6 +566,7 @@ fn validate(
     }
     out.push_row(Row {
         seq,
+        arrival: 0,
         ts,
         value: value.unwrap_or(0.0),
         has_value: value.is_some(),

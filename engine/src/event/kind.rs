@@ -145,7 +145,7 @@ impl fmt::Display for EventType {
 }
 
 /// Wallet platform of an install/uninstall.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum Platform {
     Apple,

@@ -1,0 +1,430 @@
+//! The flusher: a thread that turns flush jobs from the engine's writer into Parquet files and a
+//! checkpoint, then compacts small files, applies retention and deletes what no checkpoint needs.
+//!
+//! One job at a time, in order. A job is committed by its checkpoint: Parquet files and the id
+//! segment first (each durable), the checkpoint last. A failed attempt (disk full, permission
+//! denied) is logged, counted and retried with backoff; the checkpoint never names data that is
+//! not on disk, and the writer keeps the rows in memory (and, past its bound, stops consuming, so
+//! JetStream holds the backlog) until the job succeeds.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use parquet::file::properties::WriterProperties;
+use tracing::{error, info, warn};
+
+use super::checkpoint::{CHECKPOINT_DIR, DEDUP_DIR, encode_segment};
+use super::fsio::{remove, write_atomic};
+use super::parquet::{read_file, write_sorted, writer_properties};
+use super::recover::remove_empty_partitions;
+use super::{
+    Checkpoint, DataFile, FileSet, PersistConfig, PersistError, PersistMetrics, SegmentRef,
+};
+use crate::dedup::Minute;
+use crate::time;
+
+/// Everything a flush commits, handed over by the writer.
+#[derive(Debug)]
+pub struct FlushJob {
+    /// Rows to write (events schema), taken from the hot store.
+    pub batches: Vec<RecordBatch>,
+    /// Aggregates snapshot (postcard bytes) as of `last_seq`.
+    pub aggregates: Vec<u8>,
+    /// Ids first seen since the previous job.
+    pub dedup: Vec<(Minute, u64)>,
+    /// Segments whose newest minute is older than this have left the window.
+    pub oldest_kept_minute: Minute,
+    pub last_seq: u64,
+    pub events: u64,
+    pub duplicates: u64,
+    pub watermark: Option<i64>,
+}
+
+/// What the flusher reports back to the writer.
+#[derive(Debug)]
+pub enum FlushDone {
+    /// The job's rows are on disk and committed: drop the first `batches` sealed batches from
+    /// the hot store and show `files` instead, in one step.
+    Flushed { files: Arc<FileSet>, batches: usize },
+    /// The file list changed without new rows (compaction, retention).
+    Files(Arc<FileSet>),
+    /// The job could not be committed before shutdown; its rows stay only in the stream.
+    Abandoned,
+}
+
+/// Handle to the flusher thread.
+pub struct Flusher {
+    tx: Option<mpsc::SyncSender<FlushJob>>,
+    done: mpsc::Receiver<FlushDone>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flusher").finish_non_exhaustive()
+    }
+}
+
+impl Flusher {
+    /// Starts the thread from the recovered state: the current checkpoint (if any), its
+    /// aggregates, and the older checkpoints still kept.
+    pub fn start(
+        cfg: PersistConfig,
+        current: Option<(Checkpoint, Vec<u8>)>,
+        older: Vec<Checkpoint>,
+        next_generation: u64,
+        metrics: Arc<PersistMetrics>,
+    ) -> Flusher {
+        let (tx, rx) = mpsc::sync_channel::<FlushJob>(1);
+        let (done_tx, done) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (current, aggregates) = current.unwrap_or_default();
+        let mut retained: VecDeque<Checkpoint> = older.into_iter().collect();
+        retained.push_front(current.clone());
+        let mut state = State {
+            props: writer_properties(cfg.row_group_rows, cfg.zstd_level),
+            cfg,
+            current,
+            aggregates,
+            retained,
+            next_generation,
+            doomed: HashMap::new(),
+            metrics,
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("passpulse-flush".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let done = state.run(job);
+                    let _ = done_tx.send(done);
+                    if let Some(files) = state.maintain() {
+                        let _ = done_tx.send(FlushDone::Files(files));
+                    }
+                }
+            })
+            .expect("spawning the flusher thread");
+        Flusher {
+            tx: Some(tx),
+            done,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Hands a job over; blocks while a previous job is still queued.
+    pub fn submit(&self, job: FlushJob) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// A report, if one is ready.
+    pub fn try_done(&self) -> Option<FlushDone> {
+        self.done.try_recv().ok()
+    }
+
+    /// Waits for the next report.
+    pub fn wait_done(&self) -> Option<FlushDone> {
+        self.done.recv().ok()
+    }
+
+    /// Stops after the queued job: a job still failing is abandoned (its events stay in the
+    /// stream and are replayed at the next start).
+    pub fn close(mut self) -> Vec<FlushDone> {
+        self.stop.store(true, Relaxed);
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.done.try_iter().collect()
+    }
+}
+
+struct State {
+    cfg: PersistConfig,
+    props: WriterProperties,
+    /// The newest committed checkpoint and its aggregates snapshot.
+    current: Checkpoint,
+    aggregates: Vec<u8>,
+    /// Checkpoints kept on disk, newest first (the first is `current`).
+    retained: VecDeque<Checkpoint>,
+    next_generation: u64,
+    /// Files no kept checkpoint names, with when that became so.
+    doomed: HashMap<String, Instant>,
+    metrics: Arc<PersistMetrics>,
+    stop: Arc<AtomicBool>,
+}
+
+impl State {
+    fn file_set(&self) -> Arc<FileSet> {
+        Arc::new(FileSet {
+            root: self.cfg.dir.clone(),
+            files: self.current.files.clone(),
+        })
+    }
+
+    /// Runs a job to its commit, retrying failures until it succeeds or shutdown gives up.
+    fn run(&mut self, job: FlushJob) -> FlushDone {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let t0 = Instant::now();
+            match self.flush(&job) {
+                Ok(rows) => {
+                    let m = &self.metrics;
+                    m.flushes.fetch_add(1, Relaxed);
+                    m.flushed_rows.fetch_add(rows, Relaxed);
+                    m.last_flush_micros
+                        .store(t0.elapsed().as_micros() as u64, Relaxed);
+                    return FlushDone::Flushed {
+                        files: self.file_set(),
+                        batches: job.batches.len(),
+                    };
+                }
+                Err(e) => {
+                    self.metrics.flush_failures.fetch_add(1, Relaxed);
+                    if self.stop.load(Relaxed) {
+                        error!(error = %e, "flush failed during shutdown; its events stay in the stream and are replayed at the next start");
+                        return FlushDone::Abandoned;
+                    }
+                    error!(error = %e, retry_in = ?backoff, "flush failed; the checkpoint stays where it was, retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, job: &FlushJob) -> Result<u64, PersistError> {
+        let root = self.cfg.dir.clone();
+        let g = self.next_generation;
+        let files = write_sorted(&root, &format!("part-{g:010}"), &job.batches, &self.props)?;
+        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        let mut segments: Vec<SegmentRef> = self
+            .current
+            .segments
+            .iter()
+            .filter(|s| s.max_minute >= job.oldest_kept_minute)
+            .cloned()
+            .collect();
+        if !job.dedup.is_empty() {
+            let rel = format!("{DEDUP_DIR}/ids-{g:010}.bin");
+            let size = write_atomic(&root.join(&rel), &encode_segment(&job.dedup))?;
+            segments.push(SegmentRef {
+                path: rel,
+                ids: job.dedup.len() as u64,
+                bytes: size,
+                max_minute: job.dedup.iter().map(|e| e.0).max().unwrap_or(0),
+            });
+        }
+        let mut all_files = self.current.files.clone();
+        all_files.extend(files);
+        let ckpt = Checkpoint {
+            generation: g,
+            last_seq: job.last_seq,
+            created_at: time::now_millis(),
+            events: job.events,
+            duplicates: job.duplicates,
+            watermark: job.watermark,
+            files: all_files,
+            segments,
+        };
+        self.commit(ckpt, job.aggregates.clone())?;
+        self.metrics.flushed_bytes.fetch_add(bytes, Relaxed);
+        Ok(rows)
+    }
+
+    /// Writes checkpoint `ckpt` durably and makes it current.
+    fn commit(&mut self, ckpt: Checkpoint, aggregates: Vec<u8>) -> Result<(), PersistError> {
+        let path = self
+            .cfg
+            .dir
+            .join(CHECKPOINT_DIR)
+            .join(Checkpoint::file_name(ckpt.generation));
+        write_atomic(&path, &ckpt.encode(&aggregates))?;
+        self.next_generation = ckpt.generation + 1;
+        self.metrics
+            .checkpoint_generation
+            .store(ckpt.generation, Relaxed);
+        self.metrics.checkpoint_seq.store(ckpt.last_seq, Relaxed);
+        self.current = ckpt.clone();
+        self.aggregates = aggregates;
+        self.retained.push_front(ckpt);
+        while self.retained.len() > self.cfg.keep_checkpoints.max(1) {
+            if let Some(old) = self.retained.pop_back() {
+                let p = self
+                    .cfg
+                    .dir
+                    .join(CHECKPOINT_DIR)
+                    .join(Checkpoint::file_name(old.generation));
+                if let Err(e) = remove(&p) {
+                    warn!(error = %e, "cannot remove an old checkpoint");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a job: retention, compaction, and deletion of files nothing needs. Returns the new
+    /// file list if it changed.
+    fn maintain(&mut self) -> Option<Arc<FileSet>> {
+        let mut changed = false;
+        match self.apply_retention() {
+            Ok(c) => changed |= c,
+            Err(e) => warn!(error = %e, "retention failed; will retry after the next flush"),
+        }
+        while !self.stop.load(Relaxed) {
+            match self.compact_one() {
+                Ok(true) => changed = true,
+                Ok(false) => break,
+                Err(e) => {
+                    self.metrics.compaction_failures.fetch_add(1, Relaxed);
+                    warn!(error = %e, "compaction failed; will retry after the next flush");
+                    break;
+                }
+            }
+        }
+        self.collect_garbage();
+        changed.then(|| self.file_set())
+    }
+
+    fn apply_retention(&mut self) -> Result<bool, PersistError> {
+        let (Some(keep), Some(wm)) = (self.cfg.retention, self.current.watermark) else {
+            return Ok(false);
+        };
+        let cutoff = wm - keep.as_millis() as i64;
+        let expired = |f: &DataFile| (f.day as i64 + 1) * time::DAY_MS <= cutoff;
+        let dropped: HashSet<i32> = self
+            .current
+            .files
+            .iter()
+            .filter(|f| expired(f))
+            .map(|f| f.day)
+            .collect();
+        if dropped.is_empty() {
+            return Ok(false);
+        }
+        let mut ckpt = self.current.clone();
+        ckpt.files.retain(|f| !expired(f));
+        ckpt.generation = self.next_generation;
+        ckpt.created_at = time::now_millis();
+        self.commit(ckpt, self.aggregates.clone())?;
+        self.metrics
+            .partitions_dropped
+            .fetch_add(dropped.len() as u64, Relaxed);
+        info!(
+            partitions = dropped.len(),
+            "retention dropped old partitions"
+        );
+        Ok(true)
+    }
+
+    /// Compacts the small files of one partition, if any partition has enough of them.
+    fn compact_one(&mut self) -> Result<bool, PersistError> {
+        let target = self.cfg.compact_target_bytes;
+        let mut by_day: HashMap<i32, Vec<&DataFile>> = HashMap::new();
+        for f in &self.current.files {
+            if f.bytes < target / 2 {
+                by_day.entry(f.day).or_default().push(f);
+            }
+        }
+        let mut days: Vec<i32> = by_day.keys().copied().collect();
+        days.sort_unstable();
+        for day in days {
+            let mut small = by_day.remove(&day).unwrap_or_default();
+            small.sort_by_key(|f| (f.min_ts, f.min_seq));
+            let mut picked: Vec<DataFile> = Vec::new();
+            let mut total = 0;
+            for f in small {
+                if total + f.bytes > target && picked.len() >= 2 {
+                    break;
+                }
+                total += f.bytes;
+                picked.push(f.clone());
+            }
+            if picked.len() < self.cfg.compact_min_files.max(2) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let mut batches = Vec::new();
+            for f in &picked {
+                batches.extend(read_file(&self.cfg.dir.join(&f.path))?);
+            }
+            let g = self.next_generation;
+            let merged = write_sorted(
+                &self.cfg.dir,
+                &format!("compact-{g:010}"),
+                &batches,
+                &self.props,
+            )?;
+            let gone: HashSet<&str> = picked.iter().map(|f| f.path.as_str()).collect();
+            let mut ckpt = self.current.clone();
+            ckpt.files.retain(|f| !gone.contains(f.path.as_str()));
+            ckpt.files.extend(merged);
+            ckpt.generation = g;
+            ckpt.created_at = time::now_millis();
+            self.commit(ckpt, self.aggregates.clone())?;
+            self.metrics.compactions.fetch_add(1, Relaxed);
+            info!(
+                day = %time::format_day(day),
+                files = picked.len(),
+                bytes = total,
+                ms = t0.elapsed().as_millis() as u64,
+                "compacted a partition"
+            );
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Deletes files that no kept checkpoint names, once they have been unneeded for the grace
+    /// period (queries planned before the change may still read them).
+    fn collect_garbage(&mut self) {
+        let needed: HashSet<&str> = self
+            .retained
+            .iter()
+            .flat_map(|c| {
+                c.files
+                    .iter()
+                    .map(|f| f.path.as_str())
+                    .chain(c.segments.iter().map(|s| s.path.as_str()))
+            })
+            .collect();
+        let root = self.cfg.dir.clone();
+        let now = Instant::now();
+        for d in ["events", DEDUP_DIR] {
+            for p in super::fsio::walk(&root.join(d)) {
+                let rel = super::recover::rel_path(&root, &p);
+                if !needed.contains(rel.as_str()) && !rel.ends_with(super::fsio::TMP_SUFFIX) {
+                    self.doomed.entry(rel).or_insert(now);
+                }
+            }
+        }
+        let grace = self.cfg.delete_grace;
+        let due: Vec<String> = self
+            .doomed
+            .iter()
+            .filter(|(rel, since)| !needed.contains(rel.as_str()) && now - **since >= grace)
+            .map(|(rel, _)| rel.clone())
+            .collect();
+        for rel in due {
+            let p: PathBuf = root.join(&rel);
+            match remove(&p) {
+                Ok(()) => {
+                    self.doomed.remove(&rel);
+                    self.metrics.files_deleted.fetch_add(1, Relaxed);
+                }
+                Err(e) => warn!(error = %e, "cannot delete an unneeded file"),
+            }
+        }
+        self.doomed.retain(|rel, _| !needed.contains(rel.as_str()));
+        remove_empty_partitions(&root);
+    }
+}

@@ -1,0 +1,175 @@
+//! Persistence: the hot store's rows flushed to Parquet, and checkpoints that commit, atomically
+//! and together, the new files, a snapshot of every rolling aggregate, the ids seen for
+//! de-duplication and the last stream sequence they cover.
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! events/date=YYYY-MM-DD/part-<generation>-<n>.parquet   events, sorted by (ts, seq), ZSTD
+//! dedup/ids-<generation>.bin                             ids first seen in that flush
+//! checkpoints/checkpoint-<generation>.ckpt               the commit record
+//! ```
+//!
+//! Every file is written under a `.tmp` name, fsynced, renamed and its directory fsynced. A
+//! checkpoint is valid only if its checksum matches and every file it names exists with the
+//! recorded size; the newest valid one wins, and anything no valid checkpoint names (a flush
+//! that crashed before its commit) is deleted at start: those events are replayed from the
+//! stream. See `flusher` for the write path and `recover` for the read path.
+
+mod checkpoint;
+mod flusher;
+mod fsio;
+mod parquet;
+mod recover;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use checkpoint::{Checkpoint, CheckpointError, SegmentRef, read_checkpoint};
+pub use flusher::{FlushDone, FlushJob, Flusher};
+pub use parquet::{read_file, write_sorted};
+pub use recover::{Recovered, recover};
+
+/// Where and how the engine persists.
+#[derive(Debug, Clone)]
+pub struct PersistConfig {
+    /// Root of `events/`, `dedup/` and `checkpoints/`.
+    pub dir: PathBuf,
+    /// Flush when the hot store holds this many rows (default 2,000,000 ≈ 200 MB).
+    pub flush_rows: usize,
+    /// Flush rows older than this even if few (default 60 s).
+    pub flush_interval: Duration,
+    /// Rows per Parquet row group (default 524,288).
+    pub row_group_rows: usize,
+    /// ZSTD level of the Parquet files (default 3).
+    pub zstd_level: i32,
+    /// Compact a partition once it has this many files smaller than `compact_target_bytes`
+    /// (default 8).
+    pub compact_min_files: usize,
+    /// Files at least this large are left alone by compaction (default 128 MiB).
+    pub compact_target_bytes: u64,
+    /// Drop partitions whose day ended longer than this before the watermark (default: keep all).
+    pub retention: Option<Duration>,
+    /// Checkpoints kept on disk, newest first (default 3); older ones are the fall-back if the
+    /// newest is damaged.
+    pub keep_checkpoints: usize,
+    /// A file no checkpoint needs any more is deleted only after this long, so queries planned
+    /// before it was replaced can still read it (default 10 minutes).
+    pub delete_grace: Duration,
+}
+
+impl PersistConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        PersistConfig {
+            dir: dir.into(),
+            flush_rows: 2_000_000,
+            flush_interval: Duration::from_secs(60),
+            row_group_rows: 524_288,
+            zstd_level: 3,
+            compact_min_files: 8,
+            compact_target_bytes: 128 << 20,
+            retention: None,
+            keep_checkpoints: 3,
+            delete_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One Parquet file of the `events` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// Path relative to the data directory, `/`-separated.
+    pub path: String,
+    /// UTC day of every row (days since the epoch); the file lives in that day's partition.
+    pub day: i32,
+    pub rows: u64,
+    pub bytes: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub min_seq: u64,
+    pub max_seq: u64,
+}
+
+/// The Parquet files of the `events` table at one moment, with the directory they live in.
+#[derive(Debug, Clone, Default)]
+pub struct FileSet {
+    pub root: PathBuf,
+    pub files: Vec<DataFile>,
+}
+
+impl FileSet {
+    pub fn abs_path(&self, f: &DataFile) -> PathBuf {
+        self.root.join(&f.path)
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+}
+
+/// Errors of the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parquet { path: PathBuf, message: String },
+    #[error("{0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error("aggregates snapshot: {0}")]
+    Snapshot(String),
+}
+
+impl PersistError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        PersistError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Counters of the persistence layer, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct PersistMetrics {
+    pub flushes: AtomicU64,
+    pub flush_failures: AtomicU64,
+    pub flushed_rows: AtomicU64,
+    pub flushed_bytes: AtomicU64,
+    /// Duration of the last flush (files and checkpoint), microseconds.
+    pub last_flush_micros: AtomicU64,
+    pub checkpoint_generation: AtomicU64,
+    /// Stream sequence covered by the newest checkpoint.
+    pub checkpoint_seq: AtomicU64,
+    pub compactions: AtomicU64,
+    pub compaction_failures: AtomicU64,
+    pub files_deleted: AtomicU64,
+    pub partitions_dropped: AtomicU64,
+    /// Damaged checkpoints skipped and stray temp files removed at start.
+    pub corrupt_checkpoints: AtomicU64,
+    pub stray_files: AtomicU64,
+    /// Events refused as duplicates (by id, within the window).
+    pub duplicates: AtomicU64,
+}
+
+impl PersistMetrics {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Relaxed)
+    }
+}
+
+/// Path of the partition directory of `day`, relative to the data directory.
+pub fn partition_dir(day: i32) -> String {
+    format!("events/date={}", crate::time::format_day(day))
+}

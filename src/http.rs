@@ -10,6 +10,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use passpulse_engine::persist::PersistMetrics;
 use passpulse_engine::{Engine, event::Reason};
 use passpulse_ingest::IngestMetrics;
 use passpulse_ingest::intake::{self, IntakeState};
@@ -171,11 +172,111 @@ async fn metrics(State(st): State<AppState>) -> Response {
             g(&m.http_rejected),
         ),
     ];
-    for (name, kind, help, v) in simple {
+    let p = st.engine.persist_metrics();
+    let pg = PersistMetrics::get;
+    let hot = st.engine.hot_snapshot();
+    let storage: [(&str, &str, &str, u64); 16] = [
+        (
+            "passpulse_duplicate_events_total",
+            "counter",
+            "Events refused because their id was seen within the de-duplication window.",
+            pg(&p.duplicates),
+        ),
+        (
+            "passpulse_flushes_total",
+            "counter",
+            "Flushes committed (Parquet files and checkpoint).",
+            pg(&p.flushes),
+        ),
+        (
+            "passpulse_flush_failures_total",
+            "counter",
+            "Flush attempts that failed and were retried.",
+            pg(&p.flush_failures),
+        ),
+        (
+            "passpulse_flushed_rows_total",
+            "counter",
+            "Events written to Parquet by flushes.",
+            pg(&p.flushed_rows),
+        ),
+        (
+            "passpulse_flushed_bytes_total",
+            "counter",
+            "Parquet bytes written by flushes.",
+            pg(&p.flushed_bytes),
+        ),
+        (
+            "passpulse_last_flush_microseconds",
+            "gauge",
+            "Duration of the last flush.",
+            pg(&p.last_flush_micros),
+        ),
+        (
+            "passpulse_checkpoint_generation",
+            "gauge",
+            "Generation of the newest checkpoint.",
+            pg(&p.checkpoint_generation),
+        ),
+        (
+            "passpulse_checkpoint_sequence",
+            "gauge",
+            "Stream sequence covered by the newest checkpoint.",
+            pg(&p.checkpoint_seq),
+        ),
+        (
+            "passpulse_compactions_total",
+            "counter",
+            "Partitions compacted.",
+            pg(&p.compactions),
+        ),
+        (
+            "passpulse_compaction_failures_total",
+            "counter",
+            "Compactions that failed (retried after the next flush).",
+            pg(&p.compaction_failures),
+        ),
+        (
+            "passpulse_files_deleted_total",
+            "counter",
+            "Files deleted once no checkpoint needed them.",
+            pg(&p.files_deleted),
+        ),
+        (
+            "passpulse_partitions_dropped_total",
+            "counter",
+            "Day partitions dropped by retention.",
+            pg(&p.partitions_dropped),
+        ),
+        (
+            "passpulse_corrupt_checkpoints_total",
+            "counter",
+            "Damaged checkpoints skipped at start.",
+            pg(&p.corrupt_checkpoints),
+        ),
+        (
+            "passpulse_stray_files_total",
+            "counter",
+            "Temporary files of interrupted writes removed at start.",
+            pg(&p.stray_files),
+        ),
+        (
+            "passpulse_parquet_files",
+            "gauge",
+            "Parquet files of the events table.",
+            hot.files.files.len() as u64,
+        ),
+        (
+            "passpulse_parquet_rows",
+            "gauge",
+            "Events in Parquet files.",
+            hot.files.rows(),
+        ),
+    ];
+    for (name, kind, help, v) in simple.into_iter().chain(storage) {
         family(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {v}");
     }
-    let hot = st.engine.hot_snapshot();
     family(
         &mut out,
         "passpulse_hot_rows",

@@ -15,8 +15,8 @@
 //! a restart rebuilds the set from the segments still inside the window.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hasher};
 
+use crate::aggregates::PreHashed as Identity;
 use crate::time::MINUTE_MS;
 
 /// Hash of an id as de-duplication keeps it.
@@ -29,32 +29,6 @@ pub type Minute = u32;
 
 fn minute_of(arrival_ms: i64) -> Minute {
     (arrival_ms.max(0) / MINUTE_MS).min(u32::MAX as i64) as Minute
-}
-
-/// Identity hasher: keys are already XXH3 hashes.
-#[derive(Debug, Clone, Copy, Default)]
-struct Identity;
-
-#[derive(Debug, Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-impl BuildHasher for Identity {
-    type Hasher = IdentityHasher;
-    fn build_hasher(&self) -> IdentityHasher {
-        IdentityHasher::default()
-    }
 }
 
 /// The set of ids seen within the window.

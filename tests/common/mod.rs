@@ -29,34 +29,57 @@ where
 }
 
 pub struct Nats {
-    child: Child,
+    child: Option<Child>,
     pub url: String,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nats {
     pub fn start() -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port().unwrap();
+        let mut n = Nats {
+            child: None,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir,
+        };
+        n.restart();
+        n
+    }
+
+    /// Stops the broker (SIGKILL: an abrupt loss, as in a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
         let child = Command::new(find_nats_server().expect("nats-server must be installed"))
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Nats {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            port,
-            _dir: dir,
-        }
+        self.child = Some(child);
     }
 
     pub async fn client(&self) -> async_nats::Client {
@@ -70,8 +93,7 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -149,6 +171,21 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: the process dies at once, mid-write if it was writing.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `GET /api/v1/stats` as JSON.
+    pub async fn stats(&self) -> Value {
+        let r = self.get("/api/v1/stats").send().await.unwrap();
+        assert!(r.status().is_success());
+        r.json().await.unwrap()
     }
 
     /// Pid of the nats-server child that `serve` manages (without `--nats-url`).

@@ -8,6 +8,7 @@ mod location_peaks;
 mod passes;
 mod tables;
 
+pub(crate) use distinct::PreHashed;
 pub use distinct::{DistinctRow, PRECISION, RELATIVE_ERROR};
 pub use location_peaks::{Peak, WINDOWS};
 pub use passes::{FunnelCount, SliceCount, UNKNOWN};

@@ -1,6 +1,7 @@
 //! `passpulse`: wallet-pass analytics. One binary: `serve` (the server), `gen` (synthetic data),
 //! `publish` (load generator), `query` (SQL client) and `bench` (throughput).
 
+mod admin;
 mod bench;
 mod config;
 mod demo;
@@ -38,6 +39,10 @@ enum Command {
     Publish(PublishArgs),
     /// Run SQL against a server.
     Query(QueryArgs),
+    /// Show a data directory: checkpoints, partitions, files and row counts (read-only).
+    Inspect(admin::InspectArgs),
+    /// Merge small Parquet files of a data directory no server is using.
+    Compact(admin::CompactArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -127,6 +132,8 @@ fn main() -> Result<()> {
             Command::Publish(a) => publish(a).await,
             Command::Query(a) => query_cmd::run(&a.url, &a.sql, a.format, a.token.as_deref()).await,
             Command::Bench(BenchCommand::Ingest(a)) => bench::ingest(a).await,
+            Command::Inspect(a) => admin::inspect(a),
+            Command::Compact(a) => admin::compact(a),
         }
     })
 }

@@ -90,6 +90,18 @@ async fn observed(s: &Server) -> Truth {
     }
 }
 
+/// Generated events, their truth, and a data directory (with the temp dir the events live in).
+fn fixture(
+    seed: u64,
+    events: u64,
+    arrivals_per_day: f64,
+) -> (tempfile::TempDir, Vec<String>, Truth, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = generate(seed, events, arrivals_per_day, &dir.path().join("e.ndjson"));
+    let want = truth(&lines);
+    (dir, lines, want, tempfile::tempdir().unwrap())
+}
+
 async fn publish_batches(js: &async_nats::jetstream::Context, lines: &[String], batch: usize) {
     for chunk in lines.chunks(batch) {
         js_publish(js, "passpulse.events.batch", chunk.join("\n").into_bytes()).await;
@@ -145,11 +157,8 @@ print(json.dumps({
 
 #[tokio::test]
 async fn flushed_files_are_read_by_pyarrow_and_a_restart_resumes_from_the_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let lines = generate(5, 30_000, 300.0, &dir.path().join("e.ndjson"));
-    let want = truth(&lines);
+    let (dir, lines, want, data) = fixture(5, 30_000, 300.0);
     let nats = Nats::start();
-    let data = tempfile::tempdir().unwrap();
     let mut s = Server::start_in(Some(&nats), FAST_FLUSH, &[], data.path().into(), None).await;
     let js = nats.js().await;
     publish_batches(&js, &lines, 250).await;
@@ -232,11 +241,8 @@ async fn flushed_files_are_read_by_pyarrow_and_a_restart_resumes_from_the_checkp
 
 #[tokio::test]
 async fn a_producer_retry_is_counted_once_also_across_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let lines = generate(7, 3_000, 300.0, &dir.path().join("e.ndjson"));
-    let want = truth(&lines);
+    let (_dir, lines, want, data) = fixture(7, 3_000, 300.0);
     let nats = Nats::start();
-    let data = tempfile::tempdir().unwrap();
     let mut s = Server::start_in(Some(&nats), FAST_FLUSH, &[], data.path().into(), None).await;
     let js = nats.js().await;
     publish_batches(&js, &lines, 100).await;
@@ -272,11 +278,8 @@ async fn a_producer_retry_is_counted_once_also_across_restarts() {
 
 #[tokio::test]
 async fn a_damaged_checkpoint_and_a_stray_temp_file_fall_back_to_the_previous_good_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let lines = generate(8, 8_000, 300.0, &dir.path().join("e.ndjson"));
-    let want = truth(&lines);
+    let (_dir, lines, want, data) = fixture(8, 8_000, 300.0);
     let nats = Nats::start();
-    let data = tempfile::tempdir().unwrap();
     let mut s = Server::start_in(Some(&nats), FAST_FLUSH, &[], data.path().into(), None).await;
     let js = nats.js().await;
     // two rounds, so there are at least two checkpoints
@@ -405,11 +408,8 @@ async fn sigkill_at_random_moments_during_a_million_events_loses_and_doubles_not
 
 #[tokio::test]
 async fn a_broker_restart_mid_ingest_loses_nothing_and_queries_keep_working() {
-    let dir = tempfile::tempdir().unwrap();
-    let lines = generate(9, 40_000, 500.0, &dir.path().join("e.ndjson"));
-    let want = truth(&lines);
+    let (_dir, lines, want, data) = fixture(9, 40_000, 500.0);
     let mut nats = Nats::start();
-    let data = tempfile::tempdir().unwrap();
     let s = Server::start_in(Some(&nats), FAST_FLUSH, &[], data.path().into(), None).await;
     let js = nats.js().await;
     publish_batches(&js, &lines[..20_000], 200).await;
@@ -473,11 +473,8 @@ async fn queries_racing_flushes_never_miss_or_double_a_row() {
 
 #[tokio::test]
 async fn a_failing_disk_holds_the_checkpoint_back_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let lines = generate(12, 5_000, 300.0, &dir.path().join("e.ndjson"));
-    let want = truth(&lines);
+    let (_dir, lines, want, data) = fixture(12, 5_000, 300.0);
     let nats = Nats::start();
-    let data = tempfile::tempdir().unwrap();
     let s = Server::start_in(Some(&nats), FAST_FLUSH, &[], data.path().into(), None).await;
     // a regular file where the partitions go: every flush fails (root ignores permissions)
     let events_dir = data.path().join("events");
@@ -501,4 +498,114 @@ async fn a_failing_disk_holds_the_checkpoint_back_and_recovers() {
     wait_flushed(&s, want.events).await;
     let (rows, _) = pyarrow_counts(data.path());
     assert_eq!(rows, want.events);
+}
+
+fn passpulse(args: &[&str]) -> std::process::Output {
+    Command::new(common::BIN).args(args).output().unwrap()
+}
+
+#[tokio::test]
+async fn compaction_retention_inspect_and_the_directory_lock() {
+    let (dir, lines, want, data) = fixture(13, 24_000, 400.0);
+    let nats = Nats::start();
+    let d = data.path().to_str().unwrap().to_string();
+    let cfg = dir.path().join("passpulse.toml");
+    std::fs::write(
+        &cfg,
+        "[storage]\nflush_interval = \"50ms\"\ncompact_min_files = 4\ncompact_target_mb = 64\n",
+    )
+    .unwrap();
+    let cfg_arg = cfg.to_str().unwrap();
+    let flags = ["--config", cfg_arg];
+    let start = || Server::start_in(Some(&nats), &flags, &[], data.path().into(), None);
+    let mut s = start().await;
+    let js = nats.js().await;
+    // many small flushes: each round becomes files of its own
+    let mut sent = 0;
+    for round in lines.chunks(2_000) {
+        publish_batches(&js, round, 100).await;
+        sent += round.len() as i64;
+        s.wait_events(sent).await;
+        wait_flushed(&s, sent).await;
+    }
+    eventually(Duration::from_secs(30), "a compaction", || async {
+        (s.metric("passpulse_compactions_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(observed(&s).await, want, "compaction changes no figure");
+
+    // a second writer is refused while the server runs
+    let out = passpulse(&["compact", "--data-dir", &d]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.interrupt();
+
+    let inspect = |args: &[&str]| -> Value {
+        let mut a = vec!["inspect", &d, "--json"];
+        a.extend_from_slice(args);
+        let out = passpulse(&a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let i = inspect(&[]);
+    assert_eq!(i["totals"]["rows"].as_i64(), Some(want.events));
+    assert_eq!(i["in_use"], false);
+    for f in i["files"].as_array().unwrap() {
+        assert_eq!(f["rows"], f["footer_rows"], "{f}");
+    }
+    let files_before = i["totals"]["files"].as_u64().unwrap();
+
+    // offline compaction merges what is left and deletes the replaced files at once
+    let out = passpulse(&["compact", "--data-dir", &d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let i = inspect(&[]);
+    let days = i["partitions"].as_array().unwrap().len() as u64;
+    assert!(i["totals"]["files"].as_u64().unwrap() <= files_before);
+    assert_eq!(
+        i["totals"]["files"].as_u64(),
+        Some(days),
+        "one file per day: {i}"
+    );
+    assert_eq!(i["unreferenced"].as_array().unwrap().len(), 0, "{i}");
+    let (rows, by_type) = pyarrow_counts(data.path());
+    assert_eq!((rows, by_type), (want.events, want.by_type.clone()));
+
+    // retention drops whole days older than 3 days behind the newest event
+    let ts: Vec<i64> = lines
+        .iter()
+        .map(|l| {
+            let e: Value = serde_json::from_str(l).unwrap();
+            chrono::DateTime::parse_from_rfc3339(e["ts"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        })
+        .collect();
+    let cutoff = ts.iter().max().unwrap() - 3 * 86_400_000;
+    let kept = ts
+        .iter()
+        .filter(|t| (t.div_euclid(86_400_000) + 1) * 86_400_000 > cutoff)
+        .count() as i64;
+    assert!(kept < want.events);
+    let out = passpulse(&["compact", "--data-dir", &d, "--retention", "3d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = start().await;
+    assert_eq!(s.scalar("SELECT count(*) AS n FROM events").await, kept);
+    let (rows, _) = pyarrow_counts(data.path());
+    assert_eq!(rows, kept);
 }

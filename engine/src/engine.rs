@@ -24,7 +24,8 @@ use crate::aggregates::{
 use crate::dedup::Dedup;
 use crate::event::{DecodedBatch, EventType};
 use crate::persist::{
-    FileSet, FlushDone, FlushJob, Flusher, PersistConfig, PersistError, PersistMetrics, recover,
+    DirLock, FileSet, FlushDone, FlushJob, Flusher, PersistConfig, PersistError, PersistMetrics,
+    recover,
 };
 use crate::store::{HotReader, HotSnapshot, HotStore};
 use crate::time;
@@ -82,6 +83,7 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
     let persist = match cfg.persist.clone() {
         None => None,
         Some(pc) => {
+            let lock = DirLock::acquire(&pc.dir)?;
             let rec = recover(&pc, &metrics)?;
             resume.warnings = rec.warnings;
             dedup.restore(rec.dedup);
@@ -107,6 +109,7 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
                 metrics.clone(),
             );
             Some(Persist {
+                _lock: lock,
                 cfg: pc,
                 flusher,
                 barrier: None,
@@ -136,6 +139,8 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
 pub type FlushBarrier = Box<dyn Fn() + Send>;
 
 struct Persist {
+    /// Held while the engine runs: no second process writes this data directory.
+    _lock: DirLock,
     cfg: PersistConfig,
     flusher: Flusher,
     barrier: Option<FlushBarrier>,

@@ -84,20 +84,7 @@ impl Flusher {
         let (tx, rx) = mpsc::sync_channel::<FlushJob>(1);
         let (done_tx, done) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let (current, aggregates) = current.unwrap_or_default();
-        let mut retained: VecDeque<Checkpoint> = older.into_iter().collect();
-        retained.push_front(current.clone());
-        let mut state = State {
-            props: writer_properties(cfg.row_group_rows, cfg.zstd_level),
-            cfg,
-            current,
-            aggregates,
-            retained,
-            next_generation,
-            doomed: HashMap::new(),
-            metrics,
-            stop: stop.clone(),
-        };
+        let mut state = State::new(cfg, current, older, next_generation, metrics, stop.clone());
         let thread = std::thread::Builder::new()
             .name("passpulse-flush".into())
             .spawn(move || {
@@ -163,6 +150,30 @@ struct State {
 }
 
 impl State {
+    fn new(
+        cfg: PersistConfig,
+        current: Option<(Checkpoint, Vec<u8>)>,
+        older: Vec<Checkpoint>,
+        next_generation: u64,
+        metrics: Arc<PersistMetrics>,
+        stop: Arc<AtomicBool>,
+    ) -> State {
+        let (current, aggregates) = current.unwrap_or_default();
+        let mut retained: VecDeque<Checkpoint> = older.into_iter().collect();
+        retained.push_front(current.clone());
+        State {
+            props: writer_properties(cfg.row_group_rows, cfg.zstd_level),
+            cfg,
+            current,
+            aggregates,
+            retained,
+            next_generation,
+            doomed: HashMap::new(),
+            metrics,
+            stop,
+        }
+    }
+
     fn file_set(&self) -> Arc<FileSet> {
         Arc::new(FileSet {
             root: self.cfg.dir.clone(),
@@ -257,6 +268,12 @@ impl State {
         self.current = ckpt.clone();
         self.aggregates = aggregates;
         self.retained.push_front(ckpt);
+        self.trim_retained();
+        Ok(())
+    }
+
+    /// Deletes the checkpoints beyond `keep_checkpoints`, oldest first.
+    fn trim_retained(&mut self) {
         while self.retained.len() > self.cfg.keep_checkpoints.max(1) {
             if let Some(old) = self.retained.pop_back() {
                 let p = self
@@ -269,7 +286,6 @@ impl State {
                 }
             }
         }
-        Ok(())
     }
 
     /// After a job: retention, compaction, and deletion of files nothing needs. Returns the new
@@ -427,4 +443,51 @@ impl State {
         self.doomed.retain(|rel, _| !needed.contains(rel.as_str()));
         remove_empty_partitions(&root);
     }
+}
+
+/// What an offline compaction did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactReport {
+    pub compactions: usize,
+    pub files_before: usize,
+    pub files_after: usize,
+}
+
+/// Compacts every partition of a data directory no server is using (`passpulse compact`):
+/// recovers it, merges small files until no partition has `cfg.compact_min_files` of them,
+/// applies retention, and deletes what the new checkpoint does not need (older checkpoints
+/// included), so that the directory holds exactly the current files.
+pub fn compact_dir(mut cfg: PersistConfig) -> Result<CompactReport, PersistError> {
+    let _lock = super::DirLock::acquire(&cfg.dir)?;
+    let metrics = Arc::new(PersistMetrics::default());
+    let rec = super::recover(&cfg, &metrics)?;
+    if rec.checkpoint.is_none() {
+        return Ok(CompactReport::default());
+    }
+    // nothing else can be reading these files
+    cfg.delete_grace = Duration::ZERO;
+    let mut st = State::new(
+        cfg,
+        rec.checkpoint,
+        rec.older,
+        rec.next_generation,
+        metrics,
+        Arc::new(AtomicBool::new(false)),
+    );
+    let mut report = CompactReport {
+        files_before: st.current.files.len(),
+        ..Default::default()
+    };
+    let dropped = st.apply_retention()?;
+    while st.compact_one()? {
+        report.compactions += 1;
+    }
+    if dropped || report.compactions > 0 {
+        // the directory then holds exactly the newest checkpoint's files, for any reader
+        st.cfg.keep_checkpoints = 1;
+        st.trim_retained();
+    }
+    st.collect_garbage();
+    report.files_after = st.current.files.len();
+    Ok(report)
 }

@@ -19,6 +19,8 @@
 mod checkpoint;
 mod flusher;
 mod fsio;
+mod inspect;
+mod lock;
 mod parquet;
 mod recover;
 
@@ -29,7 +31,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{Checkpoint, CheckpointError, SegmentRef, read_checkpoint};
-pub use flusher::{FlushDone, FlushJob, Flusher};
+pub use flusher::{CompactReport, FlushDone, FlushJob, Flusher, compact_dir};
+pub use inspect::{Inspection, inspect};
+pub use lock::DirLock;
 pub use parquet::{read_file, write_sorted};
 pub use recover::{Recovered, recover};
 
@@ -57,7 +61,9 @@ pub struct PersistConfig {
     /// newest is damaged.
     pub keep_checkpoints: usize,
     /// A file no checkpoint needs any more is deleted only after this long, so queries planned
-    /// before it was replaced can still read it (default 10 minutes).
+    /// before it was replaced can still read it (default 60 s; `serve` uses at least twice the
+    /// query timeout). Until then a reader that lists `events/` itself, rather than the newest
+    /// checkpoint's files, can see a compacted file next to the files it replaced.
     pub delete_grace: Duration,
 }
 
@@ -73,7 +79,7 @@ impl PersistConfig {
             compact_target_bytes: 128 << 20,
             retention: None,
             keep_checkpoints: 3,
-            delete_grace: Duration::from_secs(600),
+            delete_grace: Duration::from_secs(60),
         }
     }
 }
@@ -129,6 +135,10 @@ pub enum PersistError {
     Checkpoint(#[from] CheckpointError),
     #[error("aggregates snapshot: {0}")]
     Snapshot(String),
+    #[error(
+        "data directory {0} is in use by another passpulse process (a running server compacts by itself; stop it to run this command)"
+    )]
+    Locked(PathBuf),
 }
 
 impl PersistError {

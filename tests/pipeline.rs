@@ -268,6 +268,28 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_never_stops_the_pipeline
             "{reason}"
         );
     }
+
+    // the dead_letters table shows them, also after a restart (refilled from the stream)
+    let check_table = |rows: Vec<serde_json::Value>| {
+        assert_eq!(rows.len(), 7, "{rows:?}");
+        let r = rows
+            .iter()
+            .find(|r| r["reason"] == "invalid_value")
+            .expect("the bad batch line");
+        assert_eq!(r["subject"], "passpulse.events.batch");
+        assert_eq!(r["line"], 2);
+        assert_eq!(r["prefix"], bad_line.as_str());
+        assert_eq!(r["bytes"], bad_line.len());
+        assert!(r["error"].as_str().unwrap().contains("field \"ts\""));
+        let utf8 = rows.iter().find(|r| r["reason"] == "bad_utf8").unwrap();
+        assert!(utf8["prefix"].as_str().unwrap().contains('\u{fffd}'));
+    };
+    let sql = "SELECT seq, subject, reason, line, error, bytes, prefix FROM dead_letters ORDER BY seq, line";
+    check_table(server.sql(sql).await);
+    let mut server = server;
+    server.interrupt();
+    let server = Server::start(Some(&nats), &[]).await;
+    check_table(server.sql(sql).await);
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::aggregates::{
     Aggregates, DistinctRow, FunnelCount, RELATIVE_ERROR, SliceCount, TableName,
 };
+use crate::deadletters::DeadLetterLog;
 use crate::dedup::Dedup;
 use crate::event::{DecodedBatch, EventType};
 use crate::persist::{
@@ -122,6 +123,7 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
         hot: store.reader(),
         aggs: Arc::new(Mutex::new(aggs)),
         persist: metrics.clone(),
+        dead_letters: DeadLetterLog::default(),
     };
     let writer = EngineWriter {
         store,
@@ -309,6 +311,7 @@ pub struct Engine {
     hot: HotReader,
     aggs: Arc<Mutex<Aggregates>>,
     persist: Arc<PersistMetrics>,
+    dead_letters: DeadLetterLog,
 }
 
 impl std::fmt::Debug for Engine {
@@ -337,6 +340,11 @@ impl Engine {
     /// Events applied so far.
     pub fn events_applied(&self) -> u64 {
         self.aggs.lock().events()
+    }
+
+    /// Recent dead letters (the `dead_letters` table); the ingest side fills it.
+    pub fn dead_letter_log(&self) -> &DeadLetterLog {
+        &self.dead_letters
     }
 
     /// Counters of persistence and de-duplication.

@@ -4,6 +4,7 @@
 //! (ingest) and the SQL layer (query) build on it.
 
 pub mod aggregates;
+pub mod deadletters;
 pub mod dedup;
 mod engine;
 pub mod event;

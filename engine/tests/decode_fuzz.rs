@@ -31,7 +31,11 @@ fn check(payload: &[u8]) -> (usize, Vec<Reason>) {
         refused.push(e.reason);
     });
     assert_eq!(accepted, out.len());
-    assert_eq!(out.last_seq(), 7, "the message is covered even if nothing was accepted");
+    assert_eq!(
+        out.last_seq(),
+        7,
+        "the message is covered even if nothing was accepted"
+    );
     let lines = lines_in(payload);
     assert_eq!(
         accepted + refused.len(),

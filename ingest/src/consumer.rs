@@ -145,8 +145,10 @@ impl Pipeline {
         metrics
             .last_seq
             .store(resume.from_seq.saturating_sub(1), Relaxed);
+        let log = engine.dead_letter_log().clone();
+        crate::deadletter::load_recent(js, bus, &log).await;
         let (sink, dead_letters) =
-            crate::deadletter::spawn_publisher(js.clone(), bus.clone(), metrics.clone());
+            crate::deadletter::spawn_publisher(js.clone(), bus.clone(), metrics.clone(), log);
         {
             let sink = sink.clone();
             writer.set_flush_barrier(Box::new(move || {

@@ -15,6 +15,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use passpulse_engine::EventError;
+use passpulse_engine::deadletters::{DeadLetterLog, DeadLetterRow};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
@@ -43,11 +44,23 @@ pub struct DeadLetterSink {
     metrics: Arc<IngestMetrics>,
     /// Dead letters handed over and not yet acknowledged by the broker (or given up on).
     pending: Arc<AtomicU64>,
+    /// The recent ones, for the `dead_letters` table.
+    log: DeadLetterLog,
 }
 
 impl DeadLetterSink {
     pub fn send(&self, d: DeadLetter) {
         self.metrics.dead_letter(d.error.reason);
+        self.log.push(DeadLetterRow {
+            seq: d.seq,
+            refused_at: passpulse_engine::time::now_millis(),
+            subject: d.subject.clone(),
+            reason: d.error.reason.as_str().to_string(),
+            line: d.error.index.min(u32::MAX as usize) as u32,
+            error: d.error.to_string(),
+            bytes: d.bytes.len() as u64,
+            prefix: DeadLetterRow::prefix_of(&d.bytes),
+        });
         self.pending.fetch_add(1, SeqCst);
         if self.tx.send(d).is_err() {
             self.pending.fetch_sub(1, SeqCst);
@@ -76,6 +89,7 @@ pub fn spawn_publisher(
     js: jetstream::Context,
     cfg: BusConfig,
     metrics: Arc<IngestMetrics>,
+    log: DeadLetterLog,
 ) -> (DeadLetterSink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<DeadLetter>();
     let pending = Arc::new(AtomicU64::new(0));
@@ -83,6 +97,7 @@ pub fn spawn_publisher(
         tx,
         metrics: metrics.clone(),
         pending: pending.clone(),
+        log,
     };
     let task = tokio::spawn(async move {
         while let Some(d) = rx.recv().await {
@@ -108,6 +123,11 @@ async fn publish(js: &jetstream::Context, cfg: &BusConfig, metrics: &IngestMetri
     headers.insert(HEADER_SUBJECT, header_value(&d.subject).as_str());
     headers.insert(HEADER_SEQ, d.seq.to_string().as_str());
     headers.insert(HEADER_LINE, d.error.index.to_string().as_str());
+    // a replay refuses the same line again: the broker keeps one copy (within its window)
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("dl-{}-{}", d.seq, d.error.index).as_str(),
+    );
     let mut backoff = Duration::from_millis(100);
     for attempt in 1..=6 {
         let res = match js
@@ -130,4 +150,65 @@ async fn publish(js: &jetstream::Context, cfg: &BusConfig, metrics: &IngestMetri
     metrics
         .dead_letter_publish_failures
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Refills `log` with the newest dead letters of the dead-letter stream (at most
+/// [`DeadLetterLog::CAPACITY`], and at most 5 s of reading), so `dead_letters` survives restarts.
+/// A missing stream or a slow broker only leaves the table shorter.
+pub async fn load_recent(js: &jetstream::Context, cfg: &BusConfig, log: &DeadLetterLog) {
+    let read = async {
+        let mut stream = js.get_stream(&cfg.deadletter_stream).await.ok()?;
+        let last = stream.info().await.ok()?.state.last_sequence;
+        if last == 0 {
+            return Some(0);
+        }
+        let start = last
+            .saturating_sub(DeadLetterLog::CAPACITY as u64 - 1)
+            .max(1);
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        let mut msgs = consumer.messages().await.ok()?;
+        let mut n = 0;
+        while let Some(Ok(m)) = futures::StreamExt::next(&mut msgs).await {
+            let Ok(info) = m.info() else { break };
+            let (seq, published) = (
+                info.stream_sequence,
+                (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
+            );
+            let h = |k: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(k))
+                    .map(|v| v.as_str().to_string())
+                    .unwrap_or_default()
+            };
+            log.push(DeadLetterRow {
+                seq: h(HEADER_SEQ).parse().unwrap_or(0),
+                refused_at: published,
+                subject: h(HEADER_SUBJECT),
+                reason: h(HEADER_REASON),
+                line: h(HEADER_LINE).parse().unwrap_or(0),
+                error: h(HEADER_ERROR),
+                bytes: m.payload.len() as u64,
+                prefix: DeadLetterRow::prefix_of(&m.payload),
+            });
+            n += 1;
+            if seq >= last {
+                break;
+            }
+        }
+        Some(n)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Some(n)) if n > 0 => tracing::info!(dead_letters = n, "recent dead letters loaded"),
+        Ok(_) => {}
+        Err(_) => warn!("loading recent dead letters timed out; the table starts shorter"),
+    }
 }

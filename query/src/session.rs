@@ -15,7 +15,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use passpulse_engine::{Engine, TableName};
 
-use crate::tables::{AggregateTable, EventsTable};
+use crate::tables::{AggregateTable, DeadLettersTable, EventsTable};
 
 /// Limits and sizing of the query service.
 #[derive(Debug, Clone)]
@@ -136,6 +136,10 @@ impl QueryService {
                 .map_err(|e| QueryError::Internal(e.to_string()))
         };
         reg("events", Arc::new(EventsTable::new(engine.clone())))?;
+        reg(
+            "dead_letters",
+            Arc::new(DeadLettersTable::new(engine.clone())),
+        )?;
         for t in TableName::ALL {
             reg(t.as_str(), Arc::new(AggregateTable::new(engine.clone(), t)))?;
         }

@@ -27,6 +27,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
+use passpulse_engine::deadletters::DeadLetterLog;
 use passpulse_engine::persist::{DataFile, FileSet};
 use passpulse_engine::schema::UTC;
 use passpulse_engine::{Engine, TableName, schema::events_schema};
@@ -189,6 +190,45 @@ impl TableProvider for AggregateTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let batch = self.engine.table(self.name);
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// `dead_letters`: the recent refused events (newest 10,000), with reason, error, subject,
+/// sequence and a prefix of their bytes.
+#[derive(Debug)]
+pub struct DeadLettersTable {
+    engine: Engine,
+}
+
+impl DeadLettersTable {
+    pub fn new(engine: Engine) -> Self {
+        DeadLettersTable { engine }
+    }
+}
+
+#[async_trait]
+impl TableProvider for DeadLettersTable {
+    fn schema(&self) -> SchemaRef {
+        DeadLetterLog::schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batch = self.engine.dead_letter_log().batch();
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             self.schema(),

@@ -120,6 +120,7 @@ async fn post_accepts_json_and_plain_sql() {
     assert_eq!(
         names,
         [
+            "dead_letters",
             "distinct_counts",
             "event_counts",
             "events",

@@ -15,7 +15,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use passpulse_engine::{Engine, TableName};
 
-use crate::tables::{AggregateTable, DeadLettersTable, EventsTable};
+use crate::tables::{EventsTable, LiveTable};
 
 /// Limits and sizing of the query service.
 #[derive(Debug, Clone)]
@@ -138,10 +138,13 @@ impl QueryService {
         reg("events", Arc::new(EventsTable::new(engine.clone())))?;
         reg(
             "dead_letters",
-            Arc::new(DeadLettersTable::new(engine.clone())),
+            Arc::new(LiveTable::dead_letters(engine.clone())),
         )?;
         for t in TableName::ALL {
-            reg(t.as_str(), Arc::new(AggregateTable::new(engine.clone(), t)))?;
+            reg(
+                t.as_str(),
+                Arc::new(LiveTable::aggregate(engine.clone(), t)),
+            )?;
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cfg.threads.max(1))

@@ -159,23 +159,44 @@ impl TableProvider for EventsTable {
     }
 }
 
-/// A live aggregate table.
-#[derive(Debug)]
-pub struct AggregateTable {
-    engine: Engine,
-    name: TableName,
+/// A table materialised from live engine state each time a query is planned: the aggregate
+/// tables (`install_base`, `location_peaks`, …) and `dead_letters`.
+pub struct LiveTable {
+    schema: SchemaRef,
+    read: Box<dyn Fn() -> RecordBatch + Send + Sync>,
 }
 
-impl AggregateTable {
-    pub fn new(engine: Engine, name: TableName) -> Self {
-        AggregateTable { engine, name }
+impl std::fmt::Debug for LiveTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveTable")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveTable {
+    /// An aggregate table of the engine.
+    pub fn aggregate(engine: Engine, name: TableName) -> Self {
+        LiveTable {
+            schema: name.schema(),
+            read: Box::new(move || engine.table(name)),
+        }
+    }
+
+    /// `dead_letters`: the recent refused events (newest 10,000), with reason, error, subject,
+    /// sequence and a prefix of their bytes.
+    pub fn dead_letters(engine: Engine) -> Self {
+        LiveTable {
+            schema: DeadLetterLog::schema(),
+            read: Box::new(move || engine.dead_letter_log().batch()),
+        }
     }
 }
 
 #[async_trait]
-impl TableProvider for AggregateTable {
+impl TableProvider for LiveTable {
     fn schema(&self) -> SchemaRef {
-        self.name.schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -189,48 +210,8 @@ impl TableProvider for AggregateTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = self.engine.table(self.name);
         Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            self.schema(),
-            projection.cloned(),
-        )?)
-    }
-}
-
-/// `dead_letters`: the recent refused events (newest 10,000), with reason, error, subject,
-/// sequence and a prefix of their bytes.
-#[derive(Debug)]
-pub struct DeadLettersTable {
-    engine: Engine,
-}
-
-impl DeadLettersTable {
-    pub fn new(engine: Engine) -> Self {
-        DeadLettersTable { engine }
-    }
-}
-
-#[async_trait]
-impl TableProvider for DeadLettersTable {
-    fn schema(&self) -> SchemaRef {
-        DeadLetterLog::schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = self.engine.dead_letter_log().batch();
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
+            &[vec![(self.read)()]],
             self.schema(),
             projection.cloned(),
         )?)

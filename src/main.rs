@@ -110,6 +110,8 @@ struct QueryArgs {
 enum BenchCommand {
     /// Engine ingest rate against a bare JetStream consumer on the same stream.
     Ingest(bench::IngestArgs),
+    /// Start-up time of a persistent engine at two history sizes; flush rate; bytes on disk.
+    Restart(bench::RestartArgs),
 }
 
 fn main() -> Result<()> {
@@ -132,6 +134,7 @@ fn main() -> Result<()> {
             Command::Publish(a) => publish(a).await,
             Command::Query(a) => query_cmd::run(&a.url, &a.sql, a.format, a.token.as_deref()).await,
             Command::Bench(BenchCommand::Ingest(a)) => bench::ingest(a).await,
+            Command::Bench(BenchCommand::Restart(a)) => bench::restart(a).await,
             Command::Inspect(a) => admin::inspect(a),
             Command::Compact(a) => admin::compact(a),
         }

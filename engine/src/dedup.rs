@@ -116,7 +116,8 @@ impl Dedup {
 
     /// Rebuilds the set from persisted segments (in any order), as after a restart.
     pub fn restore(&mut self, mut entries: Vec<(Minute, u64)>) {
-        entries.sort_unstable_by_key(|e| e.0);
+        // stable: segments are already in arrival order, so this is a linear pass
+        entries.sort_by_key(|e| e.0);
         self.seen.reserve(entries.len());
         for (m, h) in entries {
             self.insert(h, m, false);

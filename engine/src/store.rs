@@ -52,6 +52,11 @@ impl HotSnapshot {
         self.batches().map(|b| b.num_rows()).sum()
     }
 
+    /// Rows visible to queries: in memory and in files.
+    pub fn total_rows(&self) -> u64 {
+        self.rows() as u64 + self.files.rows()
+    }
+
     /// Bytes held by the Arrow buffers of the snapshot.
     pub fn bytes(&self) -> usize {
         self.batches().map(|b| b.get_array_memory_size()).sum()

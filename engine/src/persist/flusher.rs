@@ -191,8 +191,9 @@ impl State {
                     let m = &self.metrics;
                     m.flushes.fetch_add(1, Relaxed);
                     m.flushed_rows.fetch_add(rows, Relaxed);
-                    m.last_flush_micros
-                        .store(t0.elapsed().as_micros() as u64, Relaxed);
+                    let us = t0.elapsed().as_micros() as u64;
+                    m.last_flush_micros.store(us, Relaxed);
+                    m.flush_micros_total.fetch_add(us, Relaxed);
                     return FlushDone::Flushed {
                         files: self.file_set(),
                         batches: job.batches.len(),

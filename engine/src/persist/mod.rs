@@ -159,6 +159,8 @@ pub struct PersistMetrics {
     pub flushed_bytes: AtomicU64,
     /// Duration of the last flush (files and checkpoint), microseconds.
     pub last_flush_micros: AtomicU64,
+    /// Time spent in committed flushes, microseconds.
+    pub flush_micros_total: AtomicU64,
     pub checkpoint_generation: AtomicU64,
     /// Stream sequence covered by the newest checkpoint.
     pub checkpoint_seq: AtomicU64,

@@ -5,19 +5,21 @@
 //! settings only receives every message — the most this machine's NATS can deliver to one
 //! consumer — and (b) the production consumer pipeline drains the stream until all N events are
 //! queryable in the hot store. Both rates, their ratio and the hot store's bytes per event are
-//! printed (medians over the rounds).
+//! printed (medians over the rounds). With `--persist`, a third pipeline per round also writes
+//! Parquet and checkpoints (default flush policy) into a fresh data directory; its rate counts
+//! until every event is queryable, and again until the last checkpoint covers them all.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
+use passpulse_engine::persist::{PersistConfig, PersistMetrics};
 use passpulse_engine::{EngineConfig, time::now_millis};
 use passpulse_ingest::consumer::{messages, open_consumer};
-use passpulse_ingest::{BusConfig, ConsumerOptions, ManagedNats, Pipeline, connect};
+use passpulse_ingest::{BusConfig, ConsumerOptions, Pipeline};
 
-use crate::publish::publish_lines;
-use crate::synth::{GenOptions, Generator};
+use super::{BenchBus, median};
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -36,73 +38,26 @@ pub struct IngestArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    /// Also measure the pipeline with Parquet persistence and checkpoints on.
+    #[arg(long)]
+    pub persist: bool,
 }
 
 pub async fn ingest(args: IngestArgs) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let managed = match &args.nats_url {
-        Some(_) => None,
-        None => Some(ManagedNats::start(dir.path()).await?),
-    };
-    let url = args
-        .nats_url
-        .clone()
-        .unwrap_or_else(|| managed.as_ref().expect("started").url().to_string());
-    let client = connect(&url).await?;
-    let js = jetstream::new(client.clone());
-    let tag = format!("{:x}", now_millis());
-    let bus = BusConfig {
-        stream: format!("PASSPULSE_BENCH_{tag}"),
-        subject_prefix: format!("bench{tag}.events"),
-        deadletter_prefix: format!("bench{tag}.deadletter"),
-        ..BusConfig::default()
-    };
-    js.create_stream(stream::Config {
-        name: bus.stream.clone(),
-        subjects: vec![format!("{}.>", bus.subject_prefix)],
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .context("creating the bench stream")?;
-
-    eprintln!(
-        "generating and publishing {} events, {} per message…",
-        args.events, args.batch
-    );
-    let generator = Generator::new(GenOptions {
-        seed: args.seed,
-        start_ms: 1_790_000_000_000,
-        arrivals_per_day: 20_000.0,
-    });
-    let published = publish_lines(
-        &js,
-        &bus.subject_prefix,
-        generator.take(args.events as usize),
-        Some(args.events),
-        args.batch,
-        true,
-    )
-    .await?;
+    let bb = BenchBus::start(args.nats_url.as_deref()).await?;
+    let (js, bus) = (&bb.js, &bb.bus);
+    let published = bb
+        .publish(args.seed, 0, args.events, args.batch, 20_000.0)
+        .await?;
     let messages_total = published.messages;
-    eprintln!(
-        "published {} events in {} messages at {:.0} events/s",
-        published.events,
-        messages_total,
-        published.rate()
-    );
 
     let stream = js.get_stream(&bus.stream).await?;
     let opts = ConsumerOptions::default();
     let (mut bare, mut eng, mut bytes) = (Vec::new(), Vec::new(), 0.0);
+    let (mut pers, mut durable, mut disk) = (Vec::new(), Vec::new(), None);
     for round in 0..args.rounds {
         let b = bare_round(&stream, &opts, messages_total).await?;
-        let (e, bpe) = engine_round(&js, &bus, &opts, args.events).await?;
+        let (e, bpe) = engine_round(js, bus, &opts, args.events, None).await?;
         let (b, e) = (args.events as f64 / b, args.events as f64 / e);
         eprintln!(
             "round {}: bare {:.0} events/s, engine {:.0} events/s ({:.1} %)",
@@ -114,8 +69,24 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
         bare.push(b);
         eng.push(e);
         bytes = bpe;
+        if args.persist {
+            let dir = tempfile::tempdir()?;
+            let (p, d, m) =
+                persist_round(js, bus, &opts, args.events, PersistConfig::new(dir.path())).await?;
+            let (p, d) = (args.events as f64 / p, args.events as f64 / d);
+            eprintln!(
+                "round {}: engine with persistence {:.0} events/s queryable ({:.1} % of in-memory), {:.0} events/s durable",
+                round + 1,
+                p,
+                100.0 * p / e,
+                d
+            );
+            pers.push(p);
+            durable.push(d);
+            disk = Some(m);
+        }
     }
-    let fresh = freshness(&js, &bus, &opts, args.events, 200).await?;
+    let fresh = freshness(js, bus, &opts, args.events, 200).await?;
     let (b, e) = (median(bare), median(eng));
     println!("events            {}", args.events);
     println!("events/message    {}", args.batch);
@@ -127,16 +98,53 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     println!("engine            {:.0} events/s", e);
     println!("engine / bare     {:.1} %", 100.0 * e / b);
     println!("hot store         {:.1} bytes/event", bytes);
+    if let Some(m) = disk {
+        let (p, d) = (median(pers), median(durable));
+        println!(
+            "with persistence  {:.0} events/s queryable ({:.1} % of in-memory), {:.0} events/s durable",
+            p,
+            100.0 * p / e,
+            d
+        );
+        println!("{m}");
+    }
     println!(
         "freshness         ack → queryable p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} single events)",
         fresh.0, fresh.1, fresh.2, 200
     );
-    let _ = js.delete_stream(&bus.stream).await;
-    drop(client);
-    if let Some(m) = managed {
-        m.stop().await;
-    }
+    bb.stop().await;
     Ok(())
+}
+
+/// Seconds until every event is queryable, seconds until every event is also covered by a
+/// checkpoint, and a line about the flushes.
+async fn persist_round(
+    js: &jetstream::Context,
+    bus: &BusConfig,
+    opts: &ConsumerOptions,
+    events: u64,
+    persist: PersistConfig,
+) -> Result<(f64, f64, String)> {
+    let started = Instant::now();
+    let (queryable, run, bus) = drain(js, bus, opts, events, Some(persist)).await?;
+    let engine = run.engine.clone();
+    stop_engine(js, run, &bus).await;
+    let durable = started.elapsed().as_secs_f64();
+    let m = engine.persist_metrics();
+    let g = PersistMetrics::get;
+    let snap = engine.hot_snapshot();
+    let flush_s = g(&m.flush_micros_total) as f64 / 1e6;
+    let line = format!(
+        "flushes           {} flushes, {} rows in {:.2} s of flushing ({:.0} events/s, {:.1} MB/s of Parquet); on disk {:.2} bytes/event in {} files",
+        g(&m.flushes),
+        g(&m.flushed_rows),
+        flush_s,
+        g(&m.flushed_rows) as f64 / flush_s.max(1e-9),
+        g(&m.flushed_bytes) as f64 / 1e6 / flush_s.max(1e-9),
+        snap.files.bytes() as f64 / snap.files.rows().max(1) as f64,
+        snap.files.files.len(),
+    );
+    Ok((queryable, durable, line))
 }
 
 /// Milliseconds from the broker's publish ack to the event being visible to queries, for
@@ -148,7 +156,7 @@ async fn freshness(
     backlog: u64,
     samples: usize,
 ) -> Result<(f64, f64, f64)> {
-    let (run, bus) = start_engine(js, bus, opts, "bench-fresh").await;
+    let (run, bus) = start_engine(js, bus, opts, "bench-fresh", EngineConfig::default()).await?;
     let engine = run.engine.clone();
     let wait_rows = |n: u64| {
         let engine = engine.clone();
@@ -218,25 +226,41 @@ async fn engine_round(
     bus: &BusConfig,
     opts: &ConsumerOptions,
     events: u64,
+    persist: Option<PersistConfig>,
 ) -> Result<(f64, f64)> {
+    let (secs, run, bus) = drain(js, bus, opts, events, persist).await?;
+    let bpe = run.engine.stats().hot.bytes_per_event;
+    stop_engine(js, run, &bus).await;
+    Ok((secs, bpe))
+}
+
+/// Starts a pipeline and waits until `events` are queryable; returns the seconds it took and
+/// the running pipeline.
+pub(super) async fn drain(
+    js: &jetstream::Context,
+    bus: &BusConfig,
+    opts: &ConsumerOptions,
+    events: u64,
+    persist: Option<PersistConfig>,
+) -> Result<(f64, Pipeline, BusConfig)> {
     let started = Instant::now();
-    let (run, bus) = start_engine(js, bus, opts, "bench-engine").await;
-    let engine = run.engine.clone();
-    let deadline = started + Duration::from_secs(600);
+    let cfg = EngineConfig {
+        persist,
+        ..EngineConfig::default()
+    };
+    let (run, bus) = start_engine(js, bus, opts, "bench-engine", cfg).await?;
+    let deadline = started + Duration::from_secs(1200);
     loop {
-        let rows = engine.hot_snapshot().rows() as u64;
+        let rows = run.engine.hot_snapshot().total_rows();
         if rows >= events {
             break;
         }
         if Instant::now() > deadline {
-            bail!("engine made only {rows} of {events} events queryable in 600 s");
+            bail!("engine made only {rows} of {events} events queryable in 1200 s");
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
-    let secs = started.elapsed().as_secs_f64();
-    let bpe = engine.stats().hot.bytes_per_event;
-    stop_engine(js, run, &bus).await;
-    Ok((secs, bpe))
+    Ok((started.elapsed().as_secs_f64(), run, bus))
 }
 
 /// Starts the production pipeline under its own consumer name.
@@ -245,21 +269,18 @@ async fn start_engine(
     bus: &BusConfig,
     opts: &ConsumerOptions,
     consumer: &str,
-) -> (Pipeline, BusConfig) {
+    cfg: EngineConfig,
+) -> Result<(Pipeline, BusConfig)> {
     let bus = BusConfig {
         consumer: consumer.into(),
         ..bus.clone()
     };
-    (
-        Pipeline::start(js, &bus, opts.clone(), EngineConfig::default())
-            .await
-            .expect("an in-memory engine opens"),
-        bus,
-    )
+    let run = Pipeline::start(js, &bus, opts.clone(), cfg).await?;
+    Ok((run, bus))
 }
 
-/// Stops the pipeline and removes its consumer from the stream.
-async fn stop_engine(js: &jetstream::Context, run: Pipeline, bus: &BusConfig) {
+/// Stops the pipeline (flushing and checkpointing if persistent) and removes its consumer.
+pub(super) async fn stop_engine(js: &jetstream::Context, run: Pipeline, bus: &BusConfig) {
     run.stop().await;
     if let Ok(s) = js.get_stream(&bus.stream).await {
         let _ = s.delete_consumer(&bus.consumer).await;

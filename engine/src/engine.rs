@@ -540,4 +540,50 @@ mod tests {
         let t = e.table(TableName::InstallBase);
         assert_eq!(t.num_rows(), 1 + 2 + 1 + 1);
     }
+
+    fn scans(from: u64, n: u64, arrival: i64) -> DecodedBatch {
+        let mut b = DecodedBatch::new();
+        b.set_arrival(arrival);
+        for i in from..from + n {
+            let line = format!(
+                r#"{{"id":"e{i}","type":"scan","ts":{},"pass":"p{}","location":"l","device":"d","operator":"o"}}"#,
+                i * 1_000,
+                i % 50
+            );
+            decode_message(line.as_bytes(), i + 1, &mut b, |e, _| panic!("{e}"));
+        }
+        b
+    }
+
+    #[test]
+    fn a_reopened_engine_resumes_from_its_checkpoint_and_remembers_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = || EngineConfig {
+            persist: Some(PersistConfig::new(dir.path())),
+            ..EngineConfig::default()
+        };
+        let (mut w, e, resume) = open_engine(cfg()).unwrap();
+        assert_eq!(resume.from_seq, 1);
+        w.apply(&scans(0, 1_000, 1_000));
+        w.close();
+        let snap = e.hot_snapshot();
+        assert_eq!(
+            (snap.rows(), snap.files.rows()),
+            (0, 1_000),
+            "all flushed at close"
+        );
+
+        let (mut w, e, resume) = open_engine(cfg()).unwrap();
+        assert_eq!(resume.from_seq, 1_001);
+        assert_eq!(e.events_applied(), 1_000);
+        assert_eq!(e.hot_snapshot().total_rows(), 1_000);
+        // a producer's retry of old ids, arriving later: refused
+        w.apply(&scans(500, 1_000, 60_000));
+        w.publish();
+        assert_eq!(e.events_applied(), 1_500);
+        assert_eq!(e.stats().disk.duplicates, 500);
+        // a second writer on the same directory is refused while this one lives
+        assert!(matches!(open_engine(cfg()), Err(PersistError::Locked(_))));
+        w.close();
+    }
 }

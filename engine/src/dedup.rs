@@ -9,7 +9,11 @@
 //! Ids are kept as 64-bit XXH3 hashes (fixed algorithm and seed, so they persist across builds).
 //! Two different ids collide with probability about n²/2⁶⁵ for n ids in the window — for ten
 //! million ids, three in a million — and a collision would drop the second event. Memory is
-//! about 34 bytes per id in the window (hash-map slot and the per-minute expiry list).
+//! about 20–26 bytes per id in the window (hash-set slot and the per-minute expiry list).
+//!
+//! In the server, de-duplication is its own pipeline stage between decoding and the writer
+//! ([`Dedup::filter`]), so its hash-set lookups run beside the writer rather than on it; the
+//! writer persists the new ids the stage recorded on each batch it applies.
 //!
 //! For persistence the ids first seen since the last checkpoint are handed out as a *segment*;
 //! a restart rebuilds the set from the segments still inside the window.
@@ -17,6 +21,7 @@
 use std::collections::VecDeque;
 
 use crate::aggregates::PreHashed as Identity;
+use crate::event::DecodedBatch;
 use crate::time::MINUTE_MS;
 
 /// Hash of an id as de-duplication keeps it.
@@ -35,13 +40,14 @@ fn minute_of(arrival_ms: i64) -> Minute {
 #[derive(Debug)]
 pub struct Dedup {
     window_minutes: u32,
-    /// id hash → the minute of the bucket that will expire it.
-    seen: hashbrown::HashMap<u64, Minute, Identity>,
+    /// Hashes of the ids in the window; each is in exactly one bucket.
+    seen: hashbrown::HashSet<u64, Identity>,
     /// Hashes by arrival minute, oldest first.
     buckets: VecDeque<(Minute, Vec<u64>)>,
     /// Newest arrival minute seen.
     clock: Minute,
-    /// (minute, hash) of ids first seen since the last [`Dedup::take_segment`].
+    /// (minute, hash) of ids first seen since the last [`Dedup::take_segment`] (only
+    /// [`Dedup::first_seen`] records here; [`Dedup::filter`] hands them to the batch).
     pending: Vec<(Minute, u64)>,
     duplicates: u64,
 }
@@ -52,7 +58,7 @@ impl Dedup {
     pub fn new(window_ms: i64) -> Self {
         Dedup {
             window_minutes: (window_ms / MINUTE_MS).clamp(1, u32::MAX as i64) as u32,
-            seen: hashbrown::HashMap::with_hasher(Identity),
+            seen: hashbrown::HashSet::with_hasher(Identity),
             buckets: VecDeque::new(),
             clock: 0,
             pending: Vec::new(),
@@ -62,72 +68,95 @@ impl Dedup {
 
     /// Records `id` arriving at `arrival_ms`; returns false if it was already seen in the window.
     pub fn first_seen(&mut self, id: &str, arrival_ms: i64) -> bool {
-        self.insert(id_hash(id), minute_of(arrival_ms), true)
+        match self.insert_id(id, arrival_ms) {
+            Some(entry) => {
+                self.pending.push(entry);
+                true
+            }
+            None => false,
+        }
     }
 
-    fn insert(&mut self, h: u64, minute: Minute, track: bool) -> bool {
+    /// Removes the events of `batch` whose id was already seen (in the window, or earlier in the
+    /// batch), and records the new ids on the batch for the writer's next checkpoint.
+    pub fn filter(&mut self, batch: &mut DecodedBatch) {
+        let mut new_ids = Vec::with_capacity(batch.len());
+        let keep: Vec<bool> = batch
+            .iter()
+            .map(|e| match self.insert(id_hash(e.id), minute_of(e.arrival)) {
+                Some(entry) => {
+                    new_ids.push(entry);
+                    true
+                }
+                None => false,
+            })
+            .collect();
+        batch.mark_deduplicated(&keep, new_ids);
+    }
+
+    /// Records `id`; returns its (bucket minute, hash) for persistence if it was new, `None` for a
+    /// duplicate.
+    pub fn insert_id(&mut self, id: &str, arrival_ms: i64) -> Option<(Minute, u64)> {
+        self.insert(id_hash(id), minute_of(arrival_ms))
+    }
+
+    /// Inserts a hash; returns its (bucket minute, hash) if it was new.
+    fn insert(&mut self, h: u64, minute: Minute) -> Option<(Minute, u64)> {
         if minute > self.clock {
             self.clock = minute;
             self.expire();
         }
+        if !self.seen.insert(h) {
+            self.duplicates += 1;
+            return None;
+        }
         // A late arrival joins the newest bucket: it is kept a little longer, never shorter.
-        let bucket_minute = match self.buckets.back() {
-            Some((m, _)) if *m >= minute => *m,
-            _ => minute,
-        };
-        match self.seen.entry(h) {
-            hashbrown::hash_map::Entry::Occupied(_) => {
-                self.duplicates += 1;
-                false
+        match self.buckets.back_mut() {
+            Some((m, hs)) if *m >= minute => {
+                hs.push(h);
+                Some((*m, h))
             }
-            hashbrown::hash_map::Entry::Vacant(v) => {
-                v.insert(bucket_minute);
-                match self.buckets.back_mut() {
-                    Some((m, hs)) if *m == bucket_minute => hs.push(h),
-                    _ => self.buckets.push_back((bucket_minute, vec![h])),
-                }
-                if track {
-                    self.pending.push((bucket_minute, h));
-                }
-                true
+            _ => {
+                self.buckets.push_back((minute, vec![h]));
+                Some((minute, h))
             }
         }
     }
 
     fn expire(&mut self) {
         let oldest_kept = self.clock.saturating_sub(self.window_minutes);
-        while let Some((m, _)) = self.buckets.front() {
-            if *m >= oldest_kept {
-                break;
-            }
-            let (m, hashes) = self.buckets.pop_front().expect("front exists");
+        while self.buckets.front().is_some_and(|(m, _)| *m < oldest_kept) {
+            let (_, hashes) = self.buckets.pop_front().expect("front exists");
             for h in hashes {
-                if self.seen.get(&h) == Some(&m) {
-                    self.seen.remove(&h);
-                }
+                self.seen.remove(&h);
             }
         }
     }
 
-    /// Ids first seen since the previous call, as (arrival minute, hash), for a checkpoint.
+    /// Ids first seen through [`Dedup::first_seen`] since the previous call, as (arrival minute,
+    /// hash), for a checkpoint.
     pub fn take_segment(&mut self) -> Vec<(Minute, u64)> {
         std::mem::take(&mut self.pending)
     }
 
-    /// Rebuilds the set from persisted segments (in any order), as after a restart.
+    /// Rebuilds the set from persisted segments (in any order), as after a restart: replaying
+    /// them in arrival order takes the same expiry decisions as living through them.
     pub fn restore(&mut self, mut entries: Vec<(Minute, u64)>) {
         // stable: segments are already in arrival order, so this is a linear pass
         entries.sort_by_key(|e| e.0);
         self.seen.reserve(entries.len());
+        let duplicates = self.duplicates;
         for (m, h) in entries {
-            self.insert(h, m, false);
+            self.insert(h, m);
         }
+        self.duplicates = duplicates;
     }
 
-    /// Oldest arrival minute still inside the window: a segment whose newest minute is older can
-    /// be dropped.
-    pub fn oldest_kept_minute(&self) -> Minute {
-        self.clock.saturating_sub(self.window_minutes)
+    /// Oldest arrival minute still inside the window of an engine whose newest applied arrival
+    /// is `newest_ms`: a segment whose newest minute is older can be dropped.
+    pub fn oldest_kept_minute(window_ms: i64, newest_ms: i64) -> Minute {
+        let window = (window_ms / MINUTE_MS).clamp(1, u32::MAX as i64) as u32;
+        minute_of(newest_ms).saturating_sub(window)
     }
 
     /// Ids currently remembered.
@@ -191,5 +220,32 @@ mod tests {
         assert!(!r.first_seen("e99", 100 * MIN));
         assert!(r.first_seen("e10", 100 * MIN), "expired in both");
         assert!(d.first_seen("e10", 100 * MIN));
+    }
+
+    #[test]
+    fn filter_removes_repeats_within_and_across_batches_and_records_new_ids() {
+        use crate::event::decode_message;
+        let batch = |ids: &[&str]| {
+            let mut b = DecodedBatch::new();
+            b.set_arrival(5 * MIN);
+            for id in ids {
+                let line = format!(r#"{{"id":"{id}","type":"pass.updated","ts":1,"pass":"p"}}"#);
+                decode_message(line.as_bytes(), 1, &mut b, |e, _| panic!("{e}"));
+            }
+            b
+        };
+        let mut d = Dedup::new(60 * MIN);
+        let mut b = batch(&["a", "b", "a"]);
+        d.filter(&mut b);
+        assert_eq!(b.iter().map(|e| e.id).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(b.duplicates(), 1);
+        assert_eq!(
+            b.new_ids().unwrap(),
+            &[(5, id_hash("a")), (5, id_hash("b"))]
+        );
+        let mut b = batch(&["b", "c"]);
+        d.filter(&mut b);
+        assert_eq!(b.iter().map(|e| e.id).collect::<Vec<_>>(), ["c"]);
+        assert_eq!(b.new_ids().unwrap().len(), 1);
     }
 }

@@ -74,7 +74,10 @@ pub struct Resume {
 pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), PersistError> {
     let mut store = HotStore::new(cfg.publish_interval);
     let mut aggs = Aggregates::default();
-    let mut dedup = Dedup::new(cfg.dedup_window.as_millis() as i64);
+    let window_ms = cfg.dedup_window.as_millis() as i64;
+    let mut dedup = Dedup::new(window_ms);
+    let mut duplicates = 0;
+    let mut newest_arrival = 0;
     let metrics = Arc::new(PersistMetrics::default());
     let mut resume = Resume {
         from_seq: 1,
@@ -85,12 +88,34 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
         None => None,
         Some(pc) => {
             let lock = DirLock::acquire(&pc.dir)?;
+            let t0 = Instant::now();
             let rec = recover(&pc, &metrics)?;
+            let t_recover = t0.elapsed();
             resume.warnings = rec.warnings;
-            dedup.restore(rec.dedup);
+            let ids = rec.dedup.len();
+            newest_arrival =
+                rec.dedup.iter().map(|e| e.0 as i64).max().unwrap_or(0) * time::MINUTE_MS;
             if let Some((c, bytes)) = &rec.checkpoint {
-                aggs = Aggregates::from_snapshot(bytes).map_err(PersistError::Snapshot)?;
-                dedup.set_duplicates(c.duplicates);
+                // the two largest pieces of state are independent: rebuild them side by side
+                let (restored, t_dedup) = std::thread::scope(|sc| {
+                    let ids_job = sc.spawn(|| {
+                        let t = Instant::now();
+                        dedup.restore(rec.dedup);
+                        t.elapsed()
+                    });
+                    let a = Aggregates::from_snapshot(bytes);
+                    (a, ids_job.join().expect("id restore does not panic"))
+                });
+                aggs = restored.map_err(PersistError::Snapshot)?;
+                tracing::info!(
+                    checkpoint_ms = t_recover.as_millis() as u64,
+                    ids,
+                    dedup_ms = t_dedup.as_millis() as u64,
+                    aggregates_bytes = bytes.len(),
+                    total_ms = t0.elapsed().as_millis() as u64,
+                    "state restored"
+                );
+                duplicates = c.duplicates;
                 metrics.duplicates.store(c.duplicates, Relaxed);
                 metrics.checkpoint_generation.store(c.generation, Relaxed);
                 metrics.checkpoint_seq.store(c.last_seq, Relaxed);
@@ -128,7 +153,11 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
     let writer = EngineWriter {
         store,
         aggs: engine.aggs.clone(),
-        dedup,
+        dedup: Some(dedup),
+        window_ms,
+        pending_ids: Vec::new(),
+        duplicates,
+        newest_arrival,
         persist,
         metrics,
         applied_seq,
@@ -154,7 +183,15 @@ struct Persist {
 pub struct EngineWriter {
     store: HotStore,
     aggs: Arc<Mutex<Aggregates>>,
-    dedup: Dedup,
+    /// De-duplication done here, unless a pipeline took it to run as its own stage.
+    dedup: Option<Dedup>,
+    window_ms: i64,
+    /// Ids first seen since the last checkpoint, for its segment.
+    pending_ids: Vec<(crate::dedup::Minute, u64)>,
+    /// Duplicates refused, all time.
+    duplicates: u64,
+    /// Newest arrival applied, epoch millis.
+    newest_arrival: i64,
     persist: Option<Persist>,
     metrics: Arc<PersistMetrics>,
     /// Highest stream sequence applied (or skipped as refused) so far.
@@ -167,20 +204,32 @@ impl EngineWriter {
     /// has passed and flushes if the flush policy says so.
     pub fn apply(&mut self, batch: &DecodedBatch) {
         let now = time::now_millis();
+        let upstream = batch.new_ids();
         {
             let mut aggs = self.aggs.lock();
             for e in batch.iter() {
                 let arrival = if e.arrival > 0 { e.arrival } else { now };
-                if !self.dedup.first_seen(e.id, arrival) {
-                    continue;
+                if upstream.is_none()
+                    && let Some(d) = self.dedup.as_mut()
+                {
+                    match d.insert_id(e.id, arrival) {
+                        Some(entry) => self.pending_ids.push(entry),
+                        None => {
+                            self.duplicates += 1;
+                            continue;
+                        }
+                    }
                 }
+                self.newest_arrival = self.newest_arrival.max(arrival);
                 self.store.append(&e, now);
                 aggs.apply(&e);
             }
         }
-        self.metrics
-            .duplicates
-            .store(self.dedup.duplicates(), Relaxed);
+        if let Some(ids) = upstream {
+            self.pending_ids.extend_from_slice(ids);
+            self.duplicates += batch.duplicates();
+        }
+        self.metrics.duplicates.store(self.duplicates, Relaxed);
         self.applied_seq = self.applied_seq.max(batch.last_seq());
         self.store.maybe_publish(Instant::now());
         self.persist_step();
@@ -201,6 +250,13 @@ impl EngineWriter {
     /// Makes everything applied so far visible to queries now.
     pub fn publish(&mut self) {
         self.store.publish_now();
+    }
+
+    /// Takes de-duplication out of the writer, to run as its own stage before it
+    /// ([`Dedup::filter`] on every batch, in stream order); the writer then persists the ids that
+    /// stage recorded on each batch.
+    pub fn take_dedup(&mut self) -> Option<Dedup> {
+        self.dedup.take()
     }
 
     /// Sets the barrier run before each checkpoint snapshot.
@@ -264,11 +320,11 @@ impl EngineWriter {
         let job = FlushJob {
             batches,
             aggregates: aggs.snapshot(),
-            dedup: self.dedup.take_segment(),
-            oldest_kept_minute: self.dedup.oldest_kept_minute(),
+            dedup: std::mem::take(&mut self.pending_ids),
+            oldest_kept_minute: Dedup::oldest_kept_minute(self.window_ms, self.newest_arrival),
             last_seq: self.applied_seq,
             events: aggs.events(),
-            duplicates: self.dedup.duplicates(),
+            duplicates: self.duplicates,
             watermark: aggs.watermark(),
         };
         drop(aggs);

@@ -209,6 +209,9 @@ async fn run_engine_consumer(
         from_seq,
         mut shutdown,
     } = position;
+    // De-duplication runs as its own ordered stage, beside the writer rather than on it.
+    let mut writer = writer;
+    let mut dedup = writer.take_dedup();
     let (wtx, wrx) = mpsc::channel::<WriterMsg>(8);
     let writer_thread = std::thread::Builder::new()
         .name("passpulse-writer".into())
@@ -254,8 +257,14 @@ async fn run_engine_consumer(
                 .buffered(opts.decoders)
                 .for_each(move |res| {
                     let wtx = wtx.clone();
+                    let batch = res.ok().map(|mut batch| {
+                        if let Some(d) = dedup.as_mut() {
+                            d.filter(&mut batch);
+                        }
+                        batch
+                    });
                     async move {
-                        if let Ok(batch) = res {
+                        if let Some(batch) = batch {
                             let _ = wtx.send(WriterMsg::Apply(batch)).await;
                         }
                     }

@@ -57,6 +57,11 @@ pub struct DecodedBatch {
     arrival: i64,
     /// Highest stream sequence of any message decoded into the batch, events or not.
     last_seq: u64,
+    /// Set once an upstream de-duplication stage has removed repeated ids: the (minute, hash) of
+    /// the ids it saw first in this batch.
+    new_ids: Option<Vec<(u32, u64)>>,
+    /// Events that stage removed.
+    duplicates: u64,
 }
 
 /// One validated event, borrowing its strings from a [`DecodedBatch`].
@@ -98,7 +103,29 @@ impl DecodedBatch {
             rows: Vec::with_capacity(events),
             arrival: 0,
             last_seq: 0,
+            new_ids: None,
+            duplicates: 0,
         }
+    }
+
+    /// Keeps the rows whose `keep` entry is true and records the de-duplication result (see
+    /// [`crate::dedup::Dedup::filter`]).
+    pub(crate) fn mark_deduplicated(&mut self, keep: &[bool], new_ids: Vec<(u32, u64)>) {
+        let mut k = keep.iter();
+        let before = self.rows.len();
+        self.rows.retain(|_| k.next().copied().unwrap_or(true));
+        self.duplicates = (before - self.rows.len()) as u64;
+        self.new_ids = Some(new_ids);
+    }
+
+    /// The ids an upstream de-duplication stage saw first in this batch; `None` if no stage ran.
+    pub fn new_ids(&self) -> Option<&[(u32, u64)]> {
+        self.new_ids.as_deref()
+    }
+
+    /// Events the upstream de-duplication stage removed.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
     }
 
     /// Sets the arrival time (epoch millis) of the events decoded next: the broker's timestamp of
@@ -131,6 +158,8 @@ impl DecodedBatch {
         self.rows.clear();
         self.arrival = 0;
         self.last_seq = 0;
+        self.new_ids = None;
+        self.duplicates = 0;
     }
 
     pub fn get(&self, i: usize) -> EventRef<'_> {

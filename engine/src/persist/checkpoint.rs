@@ -134,6 +134,31 @@ fn take_u64(path: &Path, b: &mut &[u8]) -> Result<u64, CheckpointError> {
     Ok(u64::from_le_bytes(s.try_into().expect("8 bytes")))
 }
 
+/// Reads only the header of a checkpoint (its file lists), without the aggregates or the
+/// checksum: enough to know which files an older checkpoint still needs.
+pub fn read_checkpoint_header(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let mut head = [0u8; 16];
+    f.read_exact(&mut head)
+        .map_err(|_| corrupt(path, "truncated"))?;
+    if &head[..8] != MAGIC {
+        return Err(corrupt(path, "not a passpulse checkpoint (bad magic)"));
+    }
+    let len = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > size {
+        return Err(corrupt(path, "truncated"));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| corrupt(path, "truncated"))?;
+    postcard::from_bytes(&header).map_err(|e| corrupt(path, format!("header: {e}")))
+}
+
 /// Reads and validates a checkpoint file: its header and its aggregates snapshot bytes.
 pub fn read_checkpoint(path: &Path) -> Result<(Checkpoint, Vec<u8>), CheckpointError> {
     let data = std::fs::read(path).map_err(|e| CheckpointError::Io {

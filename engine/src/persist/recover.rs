@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tracing::{info, warn};
 
-use super::checkpoint::{CHECKPOINT_DIR, DEDUP_DIR, read_segment};
+use super::checkpoint::{CHECKPOINT_DIR, DEDUP_DIR, read_checkpoint_header, read_segment};
 use super::fsio::{TMP_SUFFIX, ensure_dir, remove, walk};
 use super::{Checkpoint, PersistConfig, PersistError, PersistMetrics, read_checkpoint};
 use crate::dedup::Minute;
@@ -73,18 +73,19 @@ pub fn recover(cfg: &PersistConfig, metrics: &PersistMetrics) -> Result<Recovere
 
     let mut referenced: HashSet<String> = HashSet::new();
     for (g, path) in &gens {
-        let loaded = read_checkpoint(path).and_then(|(c, aggs)| {
-            if out.checkpoint.is_none() {
+        let loaded = if out.checkpoint.is_none() {
+            read_checkpoint(path).and_then(|(c, aggs)| {
                 c.verify_files(root)?;
                 let mut ids = Vec::new();
                 for s in &c.segments {
                     ids.extend(read_segment(&root.join(&s.path))?);
                 }
                 Ok((c, Some((aggs, ids))))
-            } else {
-                Ok((c, None))
-            }
-        });
+            })
+        } else {
+            // an older one only keeps its files alive
+            read_checkpoint_header(path).map(|c| (c, None))
+        };
         match loaded {
             Ok((c, chosen)) => {
                 referenced.extend(c.files.iter().map(|f| f.path.clone()));

@@ -88,10 +88,20 @@ impl Flusher {
         let thread = std::thread::Builder::new()
             .name("passpulse-flush".into())
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
+                let mut next = None;
+                loop {
+                    let job = match next.take() {
+                        Some(j) => j,
+                        None => match rx.recv() {
+                            Ok(j) => j,
+                            Err(_) => break,
+                        },
+                    };
                     let done = state.run(job);
                     let _ = done_tx.send(done);
-                    if let Some(files) = state.maintain() {
+                    let (files, waiting) = state.maintain(&rx);
+                    next = waiting;
+                    if let Some(files) = files {
                         let _ = done_tx.send(FlushDone::Files(files));
                     }
                 }
@@ -147,6 +157,8 @@ struct State {
     doomed: HashMap<String, Instant>,
     metrics: Arc<PersistMetrics>,
     stop: Arc<AtomicBool>,
+    /// Size-tiered compaction (online) or merge-everything (offline).
+    tiered: bool,
 }
 
 impl State {
@@ -171,6 +183,7 @@ impl State {
             doomed: HashMap::new(),
             metrics,
             stop,
+            tiered: true,
         }
     }
 
@@ -289,15 +302,28 @@ impl State {
         }
     }
 
-    /// After a job: retention, compaction, and deletion of files nothing needs. Returns the new
-    /// file list if it changed.
-    fn maintain(&mut self) -> Option<Arc<FileSet>> {
+    /// After a job: retention, compaction one partition at a time, and deletion of files nothing
+    /// needs. A flush job that arrives meanwhile goes first: compaction resumes after it. Returns
+    /// the new file list if it changed, and the job that interrupted, if any.
+    fn maintain(
+        &mut self,
+        jobs: &mpsc::Receiver<FlushJob>,
+    ) -> (Option<Arc<FileSet>>, Option<FlushJob>) {
         let mut changed = false;
+        let mut waiting = None;
         match self.apply_retention() {
             Ok(c) => changed |= c,
             Err(e) => warn!(error = %e, "retention failed; will retry after the next flush"),
         }
         while !self.stop.load(Relaxed) {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    waiting = Some(job);
+                    break;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
             match self.compact_one() {
                 Ok(true) => changed = true,
                 Ok(false) => break,
@@ -309,7 +335,7 @@ impl State {
             }
         }
         self.collect_garbage();
-        changed.then(|| self.file_set())
+        (changed.then(|| self.file_set()), waiting)
     }
 
     fn apply_retention(&mut self) -> Result<bool, PersistError> {
@@ -344,18 +370,30 @@ impl State {
     }
 
     /// Compacts the small files of one partition, if any partition has enough of them.
+    ///
+    /// Online the policy is size-tiered: files are grouped by size class (powers of 4) and only
+    /// `compact_min_files` files of one class are merged, so a merged file joins a higher class
+    /// instead of being rewritten with every new flush file: each byte is rewritten about
+    /// log₄(target / flush file size) times, not once per flush. Offline (`passpulse compact`)
+    /// every small file of a day is merged.
     fn compact_one(&mut self) -> Result<bool, PersistError> {
         let target = self.cfg.compact_target_bytes;
-        let mut by_day: HashMap<i32, Vec<&DataFile>> = HashMap::new();
+        let mut by_class: HashMap<(i32, u32), Vec<&DataFile>> = HashMap::new();
         for f in &self.current.files {
             if f.bytes < target / 2 {
-                by_day.entry(f.day).or_default().push(f);
+                let class = if self.tiered {
+                    f.bytes.max(1).ilog2() / 2
+                } else {
+                    0
+                };
+                by_class.entry((f.day, class)).or_default().push(f);
             }
         }
-        let mut days: Vec<i32> = by_day.keys().copied().collect();
-        days.sort_unstable();
-        for day in days {
-            let mut small = by_day.remove(&day).unwrap_or_default();
+        let mut classes: Vec<(i32, u32)> = by_class.keys().copied().collect();
+        classes.sort_unstable();
+        for key in classes {
+            let day = key.0;
+            let mut small = by_class.remove(&key).unwrap_or_default();
             small.sort_by_key(|f| (f.min_ts, f.min_seq));
             let mut picked: Vec<DataFile> = Vec::new();
             let mut total = 0;
@@ -475,6 +513,7 @@ pub fn compact_dir(mut cfg: PersistConfig) -> Result<CompactReport, PersistError
         metrics,
         Arc::new(AtomicBool::new(false)),
     );
+    st.tiered = false;
     let mut report = CompactReport {
         files_before: st.current.files.len(),
         ..Default::default()

@@ -386,14 +386,17 @@ async fn sigkill_at_random_moments_during_a_million_events_loses_and_doubles_not
         s = Server::start_in(Some(&nats), flags, &[], data.path().into(), None).await;
     }
     producer.await.unwrap();
-    eventually(
-        Duration::from_secs(300),
-        "every event after the crashes",
-        || async {
-            (s.scalar("SELECT count(*) AS n FROM events").await >= want.events).then_some(())
-        },
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while s.scalar("SELECT count(*) AS n FROM events").await < want.events {
+        assert!(
+            Instant::now() < deadline,
+            "not every event after the crashes; stats: {}\ncompactions {}, flushes {}",
+            s.stats().await,
+            s.metric("passpulse_compactions_total").await,
+            s.metric("passpulse_flushes_total").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // let anything in flight settle, then compare exactly
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(observed(&s).await, want);

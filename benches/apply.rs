@@ -1,6 +1,8 @@
 //! Criterion benchmarks of the engine's hot path, on the production code: `decode` (NDJSON
-//! bytes into a validated batch) and `apply` (a decoded batch into the hot store and every
-//! rolling aggregate). Input: `passpulse gen` output, so the mix of types is realistic.
+//! bytes into a validated batch), `dedup` (the de-duplication stage: repeated ids removed, new
+//! ids recorded) and `apply` (a de-duplicated batch into the hot store and every rolling
+//! aggregate, as the writer thread does it). Input: `passpulse gen` output, so the mix of types is
+//! realistic.
 //!
 //! `apply/cold` applies 200,000 events to an empty engine (a replay from scratch: every sketch
 //! starts in HyperLogLog++'s costlier sparse mode, every map grows); `apply/warm` applies the next
@@ -12,8 +14,9 @@
 use std::process::Command;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use passpulse_engine::dedup::Dedup;
 use passpulse_engine::event::decode_message;
-use passpulse_engine::{DecodedBatch, EngineConfig, new_engine};
+use passpulse_engine::{DecodedBatch, Engine, EngineConfig, EngineWriter, new_engine};
 
 const EVENTS: usize = 200_000;
 
@@ -48,6 +51,16 @@ fn decode_all(msgs: &[Vec<u8>]) -> DecodedBatch {
     batch
 }
 
+/// A writer set up as the server runs it (de-duplication taken out into its own stage), and the
+/// batch as that stage hands it over.
+fn writer_and(batch: &DecodedBatch) -> (EngineWriter, Engine, DecodedBatch, Dedup) {
+    let (mut writer, engine) = new_engine(EngineConfig::default());
+    let mut dedup = writer.take_dedup().expect("a new writer de-duplicates");
+    let mut batch = batch.clone();
+    dedup.filter(&mut batch);
+    (writer, engine, batch, dedup)
+}
+
 fn benches(c: &mut Criterion) {
     let halves = |arrivals| {
         let msgs = messages(&generated(arrivals));
@@ -66,11 +79,21 @@ fn benches(c: &mut Criterion) {
     g.bench_function("decode", |b| {
         b.iter(|| decode_all(half));
     });
+    g.bench_function("dedup", |b| {
+        b.iter_batched(
+            || (Dedup::new(24 * 3_600_000), first.clone()),
+            |(mut d, mut batch)| {
+                d.filter(&mut batch);
+                (d, batch)
+            },
+            BatchSize::PerIteration,
+        );
+    });
     g.bench_function("apply/cold", |b| {
         b.iter_batched(
-            || new_engine(EngineConfig::default()),
-            |(mut writer, engine)| {
-                writer.apply(&first);
+            || writer_and(&first),
+            |(mut writer, engine, batch, _)| {
+                writer.apply(&batch);
                 (writer, engine)
             },
             BatchSize::PerIteration,
@@ -83,12 +106,14 @@ fn benches(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter_batched(
                 || {
-                    let (mut writer, engine) = new_engine(EngineConfig::default());
-                    writer.apply(warmup);
-                    (writer, engine)
+                    let (mut writer, engine, warm, mut dedup) = writer_and(warmup);
+                    writer.apply(&warm);
+                    let mut batch = measured.clone();
+                    dedup.filter(&mut batch);
+                    (writer, engine, batch)
                 },
-                |(mut writer, engine)| {
-                    writer.apply(measured);
+                |(mut writer, engine, batch)| {
+                    writer.apply(&batch);
                     (writer, engine)
                 },
                 BatchSize::PerIteration,

@@ -303,7 +303,8 @@ impl State {
     }
 
     /// After a job: retention, compaction one partition at a time, and deletion of files nothing
-    /// needs. A flush job that arrives meanwhile goes first: compaction resumes after it. Returns
+    /// needs. After the first compaction step, a flush job that is waiting goes first: compaction
+    /// resumes after it. Returns
     /// the new file list if it changed, and the job that interrupted, if any.
     fn maintain(
         &mut self,
@@ -315,15 +316,21 @@ impl State {
             Ok(c) => changed |= c,
             Err(e) => warn!(error = %e, "retention failed; will retry after the next flush"),
         }
+        let mut steps = 0;
         while !self.stop.load(Relaxed) {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    waiting = Some(job);
-                    break;
+            // one step always (so frequent flushes cannot starve compaction), then flush jobs
+            // that are waiting go first
+            if steps > 0 {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        waiting = Some(job);
+                        break;
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) => {}
                 }
-                Err(mpsc::TryRecvError::Disconnected) => break,
-                Err(mpsc::TryRecvError::Empty) => {}
             }
+            steps += 1;
             match self.compact_one() {
                 Ok(true) => changed = true,
                 Ok(false) => break,

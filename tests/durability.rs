@@ -515,7 +515,7 @@ async fn compaction_retention_inspect_and_the_directory_lock() {
     let cfg = dir.path().join("passpulse.toml");
     std::fs::write(
         &cfg,
-        "[storage]\nflush_interval = \"50ms\"\ncompact_min_files = 4\ncompact_target_mb = 64\n",
+        "[storage]\nflush_interval = \"50ms\"\ncompact_min_files = 2\ncompact_target_mb = 64\n",
     )
     .unwrap();
     let cfg_arg = cfg.to_str().unwrap();

@@ -642,4 +642,59 @@ mod tests {
         assert!(matches!(open_engine(cfg()), Err(PersistError::Locked(_))));
         w.close();
     }
+
+    #[test]
+    fn online_retention_drops_old_days_and_compaction_merges_small_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pc = PersistConfig::new(dir.path());
+        pc.retention = Some(Duration::from_secs(3 * 86_400));
+        pc.compact_min_files = 3;
+        pc.delete_grace = Duration::ZERO;
+        let cfg = EngineConfig {
+            persist: Some(pc),
+            ..EngineConfig::default()
+        };
+        let (mut w, e, _) = open_engine(cfg).unwrap();
+        // ten days, one flush per quarter day: four small files a day, of one size class
+        let day = time::DAY_MS;
+        let mut seq = 0;
+        for quarter in 0..40i64 {
+            let mut b = DecodedBatch::new();
+            b.set_arrival(1);
+            for k in 0..25 {
+                seq += 1;
+                let ts = quarter * day / 4 + k * 1_000;
+                let line = format!(
+                    r#"{{"id":"r{seq}","type":"scan","ts":{ts},"pass":"p","location":"l","device":"d","operator":"o"}}"#
+                );
+                decode_message(line.as_bytes(), seq as u64, &mut b, |e, _| panic!("{e}"));
+            }
+            w.apply(&b);
+            w.start_flush();
+            while w.persist.as_ref().is_some_and(|p| p.in_flight) {
+                let p = w.persist.as_mut().unwrap();
+                let done = p.flusher.wait_done().unwrap();
+                EngineWriter::on_done(&mut w.store, p, done);
+            }
+        }
+        w.close();
+        let snap = e.hot_snapshot();
+        let days: std::collections::BTreeSet<i32> =
+            snap.files.files.iter().map(|f| f.day).collect();
+        // the watermark is in day 9: days ending more than 3 days before it are gone
+        assert_eq!(days.into_iter().collect::<Vec<_>>(), vec![6, 7, 8, 9]);
+        assert_eq!(snap.files.rows(), 4 * 100);
+        // each day's small files were merged as they accumulated
+        assert!(e.persist_metrics().compactions.load(Relaxed) >= 4);
+        assert!(snap.files.files.len() < 4 * 4, "{:?}", snap.files.files);
+        assert_eq!(e.events_applied(), 1_000, "aggregates keep all of history");
+        assert!(e.persist_metrics().partitions_dropped.load(Relaxed) >= 6);
+        // nothing on disk but what the checkpoint names (no grace here)
+        let on_disk = crate::persist::inspect(dir.path()).unwrap();
+        assert!(
+            on_disk.unreferenced.is_empty(),
+            "{:?}",
+            on_disk.unreferenced
+        );
+    }
 }

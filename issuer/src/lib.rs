@@ -1,3 +1,11 @@
-//! passpulse issuer: pass templates, .pkpass signing, Google Wallet save links, the PassKit web
-//! service and APNs pushes. Lands with its own issue; the crate exists so the workspace layout
-//! and dependency direction (issuer → ingest → engine) are fixed from the start.
+//! passpulse issuer: pass templates, signed Apple Wallet `.pkpass` files and the certificates
+//! that sign them. The PassKit web service, the pass registry, APNs pushes and Google Wallet
+//! links build on these (see the issuer issue for what is still to come).
+
+pub mod certs;
+pub mod pkpass;
+pub mod template;
+
+pub use certs::SigningIdentity;
+pub use pkpass::{PassError, PassRequest, build_pkpass};
+pub use template::Template;

@@ -72,6 +72,14 @@ fn run(dir: &Path, cmd: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// `openssl cms -verify` of `signature` over `manifest.json` in `dir`, chained to `root`.
+fn cms_verify(dir: &Path, root: &str) -> (bool, String) {
+    let args = "cms -verify -binary -inform DER -in signature -content manifest.json -CAfile";
+    let mut a: Vec<&str> = args.split(' ').collect();
+    a.extend([root, "-purpose", "any", "-out", "/dev/null"]);
+    run(dir, "openssl", &a)
+}
+
 #[test]
 fn every_template_makes_a_pass_that_openssl_verifies() {
     let chain = dev_chain("pass.dev.passpulse.test", "DEVTEAM123").unwrap();
@@ -114,27 +122,7 @@ fn every_template_makes_a_pass_that_openssl_verifies() {
 
         // the signature verifies against the root, over the manifest, with the chain embedded
         let root_s = root.to_str().unwrap();
-        let (ok, out) = run(
-            dir.path(),
-            "openssl",
-            &[
-                "cms",
-                "-verify",
-                "-binary",
-                "-inform",
-                "DER",
-                "-in",
-                "signature",
-                "-content",
-                "manifest.json",
-                "-CAfile",
-                root_s,
-                "-purpose",
-                "any",
-                "-out",
-                "/dev/null",
-            ],
-        );
+        let (ok, out) = cms_verify(dir.path(), root_s);
         assert!(ok, "{}: {out}", t.name);
         let (_, printed) = run(
             dir.path(),
@@ -177,27 +165,7 @@ fn every_template_makes_a_pass_that_openssl_verifies() {
         let mut m = std::fs::read(dir.path().join("manifest.json")).unwrap();
         m[5] ^= 1;
         std::fs::write(dir.path().join("manifest.json"), m).unwrap();
-        let (ok, _) = run(
-            dir.path(),
-            "openssl",
-            &[
-                "cms",
-                "-verify",
-                "-binary",
-                "-inform",
-                "DER",
-                "-in",
-                "signature",
-                "-content",
-                "manifest.json",
-                "-CAfile",
-                root_s,
-                "-purpose",
-                "any",
-                "-out",
-                "/dev/null",
-            ],
-        );
+        let (ok, _) = cms_verify(dir.path(), root_s);
         assert!(!ok, "{}: a tampered manifest verified", t.name);
 
         // pass.json carries every required key, and numbers stay numbers

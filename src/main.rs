@@ -6,6 +6,7 @@ mod bench;
 mod config;
 mod demo;
 mod http;
+mod issue_cmd;
 mod publish;
 mod query_cmd;
 mod serve;
@@ -43,6 +44,11 @@ enum Command {
     Inspect(admin::InspectArgs),
     /// Merge small Parquet files of a data directory no server is using.
     Compact(admin::CompactArgs),
+    /// Build one signed Apple Wallet pass (.pkpass) from a template, offline.
+    Issue(issue_cmd::IssueArgs),
+    /// Certificates for signing passes.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -107,6 +113,13 @@ struct QueryArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a development root, WWDR-like intermediate and pass certificate (not trusted by
+    /// Apple) so demos and tests sign real passes.
+    Dev(issue_cmd::CertsDevArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Engine ingest rate against a bare JetStream consumer on the same stream.
     Ingest(bench::IngestArgs),
@@ -137,6 +150,8 @@ fn main() -> Result<()> {
             Command::Bench(BenchCommand::Restart(a)) => bench::restart(a).await,
             Command::Inspect(a) => admin::inspect(a),
             Command::Compact(a) => admin::compact(a),
+            Command::Issue(a) => issue_cmd::issue(a),
+            Command::Certs(CertsCommand::Dev(a)) => issue_cmd::certs_dev(a),
         }
     })
 }

@@ -134,42 +134,18 @@ fn issue_names_what_is_missing() {
     let d = dir.path();
     assert!(passpulse(d, &["certs", "dev", "certs"]).status.success());
     let t = templates();
-    let out = passpulse(
-        d,
-        &[
-            "issue",
-            "--template",
-            "loyalty",
-            "--templates",
-            &t,
-            "--customer",
-            "C1",
-            "--certs",
-            "certs",
-            "--out",
-            "x.pkpass",
-        ],
-    );
+    let issue = |template: &str| {
+        let args = format!(
+            "issue --template {template} --templates {t} --customer C1 --certs certs --out x.pkpass"
+        );
+        passpulse(d, &args.split(' ').collect::<Vec<_>>())
+    };
+    let out = issue("loyalty");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs the attribute"), "{err}");
     assert!(!d.join("x.pkpass").exists(), "nothing half-written");
-    let out = passpulse(
-        d,
-        &[
-            "issue",
-            "--template",
-            "nope",
-            "--templates",
-            &t,
-            "--customer",
-            "C1",
-            "--certs",
-            "certs",
-            "--out",
-            "x.pkpass",
-        ],
-    );
+    let out = issue("nope");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("template nope"));
 }

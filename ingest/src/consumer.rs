@@ -61,6 +61,9 @@ impl Default for ConsumerOptions {
     }
 }
 
+/// A consumer silent this long is checked against the stream's last sequence.
+const STALL_CHECK: Duration = Duration::from_secs(5);
+
 /// Chunks up to this many payload bytes (~0.1 ms of decoding) are decoded on the pipeline task.
 const INLINE_DECODE_BYTES: usize = 64 * 1024;
 
@@ -302,7 +305,7 @@ async fn receive_loop(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         first = false;
-        let stream = match js.get_stream(&cfg.stream).await {
+        let mut stream = match js.get_stream(&cfg.stream).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(stream = %cfg.stream, error = %e, "cannot open the event stream; retrying");
@@ -333,8 +336,24 @@ async fn receive_loop(
         let mut last_cseq = 0u64;
         loop {
             let chunk = tokio::select! {
-                c = msgs.next() => c,
+                c = tokio::time::timeout(STALL_CHECK, msgs.next()) => c,
                 _ = shutdown.changed() => break 'outer,
+            };
+            let Ok(chunk) = chunk else {
+                // Quiet for a while: normal when caught up, a wedged pull when the stream holds
+                // messages past our position (seen after a previous process was killed while its
+                // pull requests were outstanding). Then re-position rather than wait forever.
+                match stream.info().await {
+                    Ok(info) if info.state.last_sequence >= next_seq => {
+                        warn!(
+                            next_seq,
+                            stream_last = info.state.last_sequence,
+                            "consumer delivers nothing although the stream has more; re-positioning"
+                        );
+                        continue 'outer;
+                    }
+                    _ => continue,
+                }
             };
             let Some(chunk) = chunk else {
                 warn!("consumer stream ended; re-positioning");

@@ -135,10 +135,9 @@ fn issue_names_what_is_missing() {
     assert!(passpulse(d, &["certs", "dev", "certs"]).status.success());
     let t = templates();
     let issue = |template: &str| {
-        let args = format!(
-            "issue --template {template} --templates {t} --customer C1 --certs certs --out x.pkpass"
-        );
-        passpulse(d, &args.split(' ').collect::<Vec<_>>())
+        let mut args = vec!["issue", "--template", template, "--templates", &t];
+        args.extend("--customer C1 --certs certs --out x.pkpass".split(' '));
+        passpulse(d, &args)
     };
     let out = issue("loyalty");
     assert!(!out.status.success());

@@ -3,6 +3,7 @@
 //! links build on these (see the issuer issue for what is still to come).
 
 pub mod certs;
+pub mod google;
 pub mod pkpass;
 pub mod template;
 

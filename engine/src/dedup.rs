@@ -46,9 +46,6 @@ pub struct Dedup {
     buckets: VecDeque<(Minute, Vec<u64>)>,
     /// Newest arrival minute seen.
     clock: Minute,
-    /// (minute, hash) of ids first seen since the last [`Dedup::take_segment`] (only
-    /// [`Dedup::first_seen`] records here; [`Dedup::filter`] hands them to the batch).
-    pending: Vec<(Minute, u64)>,
     duplicates: u64,
 }
 
@@ -61,20 +58,13 @@ impl Dedup {
             seen: hashbrown::HashSet::with_hasher(Identity),
             buckets: VecDeque::new(),
             clock: 0,
-            pending: Vec::new(),
             duplicates: 0,
         }
     }
 
     /// Records `id` arriving at `arrival_ms`; returns false if it was already seen in the window.
     pub fn first_seen(&mut self, id: &str, arrival_ms: i64) -> bool {
-        match self.insert_id(id, arrival_ms) {
-            Some(entry) => {
-                self.pending.push(entry);
-                true
-            }
-            None => false,
-        }
+        self.insert_id(id, arrival_ms).is_some()
     }
 
     /// Removes the events of `batch` whose id was already seen (in the window, or earlier in the
@@ -133,12 +123,6 @@ impl Dedup {
         }
     }
 
-    /// Ids first seen through [`Dedup::first_seen`] since the previous call, as (arrival minute,
-    /// hash), for a checkpoint.
-    pub fn take_segment(&mut self) -> Vec<(Minute, u64)> {
-        std::mem::take(&mut self.pending)
-    }
-
     /// Rebuilds the set from persisted segments (in any order), as after a restart: replaying
     /// them in arrival order takes the same expiry decisions as living through them.
     pub fn restore(&mut self, mut entries: Vec<(Minute, u64)>) {
@@ -172,10 +156,6 @@ impl Dedup {
     pub fn duplicates(&self) -> u64 {
         self.duplicates
     }
-
-    pub fn set_duplicates(&mut self, n: u64) {
-        self.duplicates = n;
-    }
 }
 
 #[cfg(test)]
@@ -208,12 +188,10 @@ mod tests {
     #[test]
     fn restore_from_segments_gives_the_same_decisions() {
         let mut d = Dedup::new(60 * MIN);
-        for i in 0..100 {
-            assert!(d.first_seen(&format!("e{i}"), i * MIN));
-        }
-        let seg = d.take_segment();
+        let seg: Vec<_> = (0..100)
+            .map(|i| d.insert_id(&format!("e{i}"), i * MIN).expect("new"))
+            .collect();
         assert_eq!(seg.len(), 100);
-        assert!(d.take_segment().is_empty());
         let mut r = Dedup::new(60 * MIN);
         r.restore(seg);
         assert_eq!(r.len(), d.len());

@@ -21,15 +21,19 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use passpulse_engine::deadletters::DeadLetterLog;
 use passpulse_engine::persist::{DataFile, FileSet};
 use passpulse_engine::schema::UTC;
+use passpulse_engine::store::HotSnapshot;
 use passpulse_engine::{Engine, TableName, schema::events_schema};
 
 /// Column positions used for file statistics.
@@ -147,15 +151,72 @@ impl TableProvider for EventsTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let snap = self.engine.hot_snapshot();
         let n = state.config().target_partitions().max(1);
-        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
-        for (i, b) in snap.batches().enumerate() {
-            parts[i % n].push(b.clone());
-        }
-        let mem = MemorySourceConfig::try_new_exec(&parts, self.schema(), projection.cloned())?;
+        let schema = Arc::new(match projection {
+            Some(p) => self.schema().project(p)?,
+            None => self.schema().as_ref().clone(),
+        });
+        let batches = snap.sealed.len() + snap.tail.is_some() as usize;
+        let parts: Vec<Arc<dyn PartitionStream>> = (0..n.min(batches.max(1)))
+            .map(|p| {
+                Arc::new(HotPartition {
+                    snap: snap.clone(),
+                    batches: (p..batches).step_by(n).collect(),
+                    projection: projection.cloned(),
+                    schema: schema.clone(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        let mem = Arc::new(StreamingTableExec::try_new(
+            schema,
+            parts,
+            None,
+            [],
+            false,
+            None,
+        )?);
         match self.parquet_scan(state, &snap.files, filters, projection)? {
             Some(disk) => UnionExec::try_new(vec![disk, mem]),
             None => Ok(mem),
         }
+    }
+}
+
+/// One partition of the hot store's part of a scan: the batches `i ≡ p (mod n)` of a snapshot,
+/// each decoded (only the projected columns) when the stream reaches it, so a scan never holds
+/// more than one decoded batch per partition.
+#[derive(Debug)]
+struct HotPartition {
+    snap: Arc<HotSnapshot>,
+    batches: Vec<usize>,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for HotPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let snap = self.snap.clone();
+        let projection = self.projection.clone();
+        let batches = self.batches.clone().into_iter().map(move |i| {
+            let p = projection.as_deref();
+            Ok(match snap.sealed.get(i) {
+                Some(b) => b.decode(p),
+                None => {
+                    let t = snap.tail.as_ref().expect("index past sealed is the tail");
+                    match p {
+                        Some(p) => t.project(p)?,
+                        None => t.clone(),
+                    }
+                }
+            })
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(batches),
+        ))
     }
 }
 

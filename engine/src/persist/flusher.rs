@@ -26,13 +26,14 @@ use super::{
     Checkpoint, DataFile, FileSet, PersistConfig, PersistError, PersistMetrics, SegmentRef,
 };
 use crate::dedup::Minute;
+use crate::store::SealedBatch;
 use crate::time;
 
 /// Everything a flush commits, handed over by the writer.
 #[derive(Debug)]
 pub struct FlushJob {
     /// Rows to write (events schema), taken from the hot store.
-    pub batches: Vec<RecordBatch>,
+    pub batches: Vec<Arc<SealedBatch>>,
     /// Aggregates snapshot (postcard bytes) as of `last_seq`.
     pub aggregates: Vec<u8>,
     /// Ids first seen since the previous job.
@@ -229,7 +230,9 @@ impl State {
     fn flush(&mut self, job: &FlushJob) -> Result<u64, PersistError> {
         let root = self.cfg.dir.clone();
         let g = self.next_generation;
-        let files = write_sorted(&root, &format!("part-{g:010}"), &job.batches, &self.props)?;
+        // decoded here, off the writer's thread; held only while the files are written
+        let batches: Vec<RecordBatch> = job.batches.iter().map(|b| b.decode(None)).collect();
+        let files = write_sorted(&root, &format!("part-{g:010}"), &batches, &self.props)?;
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let bytes: u64 = files.iter().map(|f| f.bytes).sum();
         let mut segments: Vec<SegmentRef> = self

@@ -200,7 +200,7 @@ mod tests {
         for e in b.iter() {
             s.append(&e, 1);
         }
-        let batches = s.take_for_flush();
+        let batches: Vec<_> = s.take_for_flush().iter().map(|b| b.decode(None)).collect();
         let dir = tempfile::tempdir().unwrap();
         let props = writer_properties(1024, 3);
         let files = write_sorted(dir.path(), "part-1", &batches, &props).unwrap();
@@ -249,7 +249,7 @@ mod tests {
                 s.take_for_flush(); // two sealed batches
             }
         }
-        let batches = s.take_for_flush();
+        let batches: Vec<_> = s.take_for_flush().iter().map(|b| b.decode(None)).collect();
         assert_eq!(batches.len(), 2);
         let files = write_sorted(dir.path(), "part-2", &batches, &props).unwrap();
         assert_eq!(files.len(), 4, "3,000 events 100 s apart span 4 days");

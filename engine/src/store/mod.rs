@@ -5,8 +5,10 @@
 //! freshness) the builder's rows are published as the *tail* batch (a copy of the builder's
 //! contents); at `MAX_BATCH_ROWS` the builder is sealed into an immutable batch and starts empty.
 //! `MAX_BATCH_ROWS` keeps each batch's distinct values within the 16-bit dictionary keys, so a
-//! dictionary can never overflow. When the writer is idle (caught up with the stream) it
-//! publishes at once instead of waiting for the interval.
+//! dictionary can never overflow. A sealed batch is kept in a compact encoding
+//! ([`SealedBatch`], about half the bytes of plain Arrow) and decoded as it is read. When the
+//! writer is idle (caught up with the stream) it publishes at once instead of waiting for the
+//! interval.
 //!
 //! With persistence on, a flush takes every sealed batch ([`HotStore::take_for_flush`]); once the
 //! flusher has committed them, [`HotStore::flushed`] drops them and publishes the new file list in
@@ -27,6 +29,9 @@ use crate::event::{EventRef, EventType, Platform};
 use crate::persist::FileSet;
 use crate::schema::{events_schema, ts_type};
 
+mod sealed;
+pub use sealed::SealedBatch;
+
 /// Largest batch: distinct values per batch ≤ rows ≤ u16::MAX, so `UInt16` keys never overflow.
 pub const MAX_BATCH_ROWS: usize = u16::MAX as usize;
 
@@ -38,18 +43,36 @@ pub const IDLE_SEAL_ROWS: usize = 8_192;
 #[derive(Debug, Clone, Default)]
 pub struct HotSnapshot {
     pub files: Arc<FileSet>,
-    pub sealed: Vec<RecordBatch>,
+    pub sealed: Vec<Arc<SealedBatch>>,
     pub tail: Option<RecordBatch>,
 }
 
 impl HotSnapshot {
-    pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
-        self.sealed.iter().chain(self.tail.iter())
+    /// Every batch held in memory, decoded, all columns.
+    pub fn batches(&self) -> impl Iterator<Item = RecordBatch> + '_ {
+        self.decoded(None)
+    }
+
+    /// Every batch held in memory with only the `projection` columns, decoded one by one as the
+    /// iterator advances.
+    pub fn decoded<'a>(
+        &'a self,
+        projection: Option<&'a [usize]>,
+    ) -> impl Iterator<Item = RecordBatch> + 'a {
+        let tail = self.tail.iter().map(move |t| match projection {
+            Some(p) => t.project(p).expect("projection indexes the events schema"),
+            None => t.clone(),
+        });
+        self.sealed
+            .iter()
+            .map(move |b| b.decode(projection))
+            .chain(tail)
     }
 
     /// Rows held in memory.
     pub fn rows(&self) -> usize {
-        self.batches().map(|b| b.num_rows()).sum()
+        self.sealed.iter().map(|b| b.num_rows()).sum::<usize>()
+            + self.tail.as_ref().map_or(0, |t| t.num_rows())
     }
 
     /// Rows visible to queries: in memory and in files.
@@ -57,9 +80,10 @@ impl HotSnapshot {
         self.rows() as u64 + self.files.rows()
     }
 
-    /// Bytes held by the Arrow buffers of the snapshot.
+    /// Bytes held by the buffers of the snapshot (sealed batches encoded, the tail plain).
     pub fn bytes(&self) -> usize {
-        self.batches().map(|b| b.get_array_memory_size()).sum()
+        self.sealed.iter().map(|b| b.memory_size()).sum::<usize>()
+            + self.tail.as_ref().map_or(0, |t| t.get_array_memory_size())
     }
 }
 
@@ -232,7 +256,7 @@ pub struct HotStore {
     builders: Builders,
     open_rows: usize,
     published_rows: usize,
-    sealed: Vec<RecordBatch>,
+    sealed: Vec<Arc<SealedBatch>>,
     sealed_rows: usize,
     files: Arc<FileSet>,
     last_publish: Instant,
@@ -267,7 +291,7 @@ impl HotStore {
 
     /// Seals the open rows and returns every sealed batch, for a flush. The batches stay visible
     /// until [`HotStore::flushed`] is called with their count.
-    pub fn take_for_flush(&mut self) -> Vec<RecordBatch> {
+    pub fn take_for_flush(&mut self) -> Vec<Arc<SealedBatch>> {
         if self.open_rows > 0 {
             self.seal();
         }
@@ -349,7 +373,7 @@ impl HotStore {
         let batch =
             RecordBatch::try_new(self.schema.clone(), cols).expect("builders match the schema");
         self.sealed_rows += batch.num_rows();
-        self.sealed.push(batch);
+        self.sealed.push(Arc::new(SealedBatch::encode(&batch)));
         self.open_rows = 0;
         self.published_rows = 0;
         self.install(None);

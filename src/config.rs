@@ -30,6 +30,7 @@ pub struct Config {
     pub query: QuerySection,
     pub ingest: IngestSection,
     pub storage: StorageSection,
+    pub issuer: crate::issuer_setup::IssuerSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +142,7 @@ impl Default for Config {
             query: QuerySection::default(),
             ingest: IngestSection::default(),
             storage: StorageSection::default(),
+            issuer: Default::default(),
         }
     }
 }

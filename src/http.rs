@@ -1,5 +1,6 @@
-//! The HTTP surface of `passpulse serve`: the query and intake APIs under `/api` (behind the
-//! optional bearer token, compared in constant time), `/healthz` and `/metrics`.
+//! The HTTP surface of `passpulse serve`: the query, intake and pass APIs under `/api` (behind
+//! the optional bearer token, compared in constant time), the wallet routes of the issuer
+//! (`/wallet`, `/passes`: their own credentials), `/healthz` and `/metrics`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use passpulse_engine::persist::PersistMetrics;
 use passpulse_engine::{Engine, event::Reason};
 use passpulse_ingest::IngestMetrics;
 use passpulse_ingest::intake::{self, IntakeState};
+use passpulse_issuer::http::IssuerSlot;
 use passpulse_query::{QueryMetrics, QueryState, error_response};
 use subtle::ConstantTimeEq;
 
@@ -29,21 +31,30 @@ pub fn app(
     state: AppState,
     query: QueryState,
     intake: IntakeState,
+    issuer: Option<IssuerSlot>,
     auth_token: Option<String>,
     max_body: usize,
 ) -> Router {
-    let api = passpulse_query::router(query)
-        .merge(intake::router(intake))
+    let mut api = passpulse_query::router(query).merge(intake::router(intake));
+    if let Some(i) = &issuer {
+        api = api.merge(passpulse_issuer::http::api_router(i.clone()));
+    }
+    let api = api
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(
             Arc::new(auth_token),
             require_token,
         ));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .merge(api)
+        .merge(api);
+    if let Some(i) = issuer {
+        // wallets and download links carry their own credentials, not the bearer token
+        router = router.merge(passpulse_issuer::http::public_router(i));
+    }
+    router
 }
 
 async fn require_token(

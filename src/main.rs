@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod http;
 mod issue_cmd;
+mod issuer_setup;
 mod publish;
 mod query_cmd;
 mod serve;

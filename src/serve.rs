@@ -9,6 +9,10 @@ use passpulse_ingest::intake::IntakeState;
 use passpulse_ingest::{
     BusConfig, ConsumerOptions, ManagedNats, Pipeline, connect, ensure_streams,
 };
+use passpulse_issuer::Issuer;
+use passpulse_issuer::http::IssuerSlot;
+use passpulse_issuer::lifecycle::Lifecycle;
+use passpulse_issuer::registry::Registry;
 use passpulse_query::{QueryConfig, QueryMetrics, QueryService, QueryState};
 use tokio::sync::watch;
 use tracing::info;
@@ -64,6 +68,43 @@ pub async fn serve(cfg: Config) -> Result<()> {
         },
     )?;
     let query_metrics = Arc::new(QueryMetrics::default());
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http))?;
+    let addr = listener.local_addr()?;
+    let default_templates = cfg.issuer.templates == std::path::Path::new("data/templates");
+    let issuer = if cfg.issuer.enabled && default_templates && !cfg.issuer.templates.is_dir() {
+        tracing::warn!(
+            "issuer off: no data/templates here (run from the repository, or set [issuer] templates)"
+        );
+        None
+    } else if cfg.issuer.enabled {
+        let (icfg, push) = crate::issuer_setup::build(&cfg.issuer, &cfg.data_dir, addr)?;
+        let slot = IssuerSlot::default();
+        let (js, bus, fill) = (js.clone(), bus.clone(), slot.clone());
+        // the registry opens in the background (retrying while the broker is busy or away):
+        // ingest and queries do not wait for it, the issuer's routes answer 503 until it is open
+        tokio::spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(200);
+            loop {
+                match Registry::open(&js).await {
+                    Ok(registry) => {
+                        fill.set(Issuer::new(icfg, registry, Lifecycle::new(js, bus), push));
+                        info!("issuer ready");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the pass registry");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                    }
+                }
+            }
+        });
+        Some(slot)
+    } else {
+        None
+    };
     let router = app(
         AppState {
             engine: engine.clone(),
@@ -81,13 +122,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
             bus: bus.clone(),
             metrics: ingest_metrics,
         },
+        issuer.clone(),
         cfg.auth_token.clone(),
         cfg.ingest.max_body_mb << 20,
     );
-    let listener = tokio::net::TcpListener::bind(cfg.http)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.http))?;
-    let addr = listener.local_addr()?;
     info!(%addr, nats = %url, "passpulse serving");
     println!("passpulse listening on http://{addr} (NATS {url})");
 

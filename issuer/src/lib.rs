@@ -1,12 +1,19 @@
 //! passpulse issuer: pass templates, signed Apple Wallet `.pkpass` files and the certificates
-//! that sign them. The PassKit web service, the pass registry, APNs pushes and Google Wallet
-//! links build on these (see the issuer issue for what is still to come).
+//! that sign them, Google Wallet save links, the pass registry (JetStream key-value), the
+//! issuing API and Apple's PassKit web service, and APNs update pushes. Every lifecycle signal it
+//! sees goes on the event bus for the engine to count.
 
 pub mod certs;
 pub mod google;
+pub mod http;
+pub mod lifecycle;
 pub mod pkpass;
+pub mod push;
+pub mod registry;
+pub mod service;
 pub mod template;
 
 pub use certs::SigningIdentity;
 pub use pkpass::{PassError, PassRequest, build_pkpass};
+pub use service::{Issuer, IssuerConfig};
 pub use template::Template;

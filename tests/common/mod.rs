@@ -212,6 +212,15 @@ impl Server {
         self.auth(self.http.get(format!("{}{path}", self.base)))
     }
 
+    /// `GET path` (with the bearer token if any), its body as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
+        self.auth(self.http.patch(format!("{}{path}", self.base)))
+    }
+
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.auth(self.http.post(format!("{}{path}", self.base)))
     }

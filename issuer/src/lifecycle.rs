@@ -1,0 +1,115 @@
+//! Lifecycle events the issuer puts on the bus (`pass.issued`, `pass.installed`, …): v1 events
+//! published to `passpulse.events.<type>` with `Nats-Msg-Id` = the event id, awaited until the
+//! broker has stored them. Ids are derived from what happened (serial, device, revision or time),
+//! so a retried request is de-duplicated by the broker and by the engine.
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use passpulse_engine::EventType;
+use passpulse_ingest::BusConfig;
+use serde_json::{Map, Value, json};
+
+/// Publishes lifecycle events.
+#[derive(Clone)]
+pub struct Lifecycle {
+    js: jetstream::Context,
+    bus: BusConfig,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("subjects", &self.bus.subject_prefix)
+            .finish()
+    }
+}
+
+/// One event under construction: `id`, `type` and `ts` are set, the rest added with
+/// [`Event::with`].
+#[derive(Debug, Clone)]
+pub struct Event {
+    kind: EventType,
+    fields: Map<String, Value>,
+}
+
+impl Event {
+    pub fn new(kind: EventType, id: String, ts_ms: i64) -> Event {
+        let mut fields = Map::new();
+        fields.insert("id".into(), json!(id));
+        fields.insert("type".into(), json!(kind.as_str()));
+        fields.insert("ts".into(), json!(ts_ms));
+        Event { kind, fields }
+    }
+
+    /// Adds a string field when `value` is present and non-empty.
+    pub fn with(mut self, key: &str, value: Option<&str>) -> Event {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            self.fields.insert(key.into(), json!(v));
+        }
+        self
+    }
+
+    pub fn id(&self) -> &str {
+        self.fields["id"].as_str().expect("id is a string")
+    }
+
+    pub fn kind(&self) -> EventType {
+        self.kind
+    }
+
+    pub fn to_json(&self) -> String {
+        Value::Object(self.fields.clone()).to_string()
+    }
+}
+
+impl Lifecycle {
+    pub fn new(js: jetstream::Context, bus: BusConfig) -> Lifecycle {
+        Lifecycle { js, bus }
+    }
+
+    /// Publishes `e` and waits for the broker's acknowledgement.
+    pub async fn emit(&self, e: &Event) -> Result<(), String> {
+        let msg = PublishMessage::build()
+            .payload(e.to_json().into())
+            .message_id(e.id());
+        self.js
+            .send_publish(self.bus.event_subject(e.kind), msg)
+            .await
+            .map_err(|err| format!("publishing {}: {err}", e.kind.as_str()))?
+            .await
+            .map_err(|err| format!("publishing {}: {err}", e.kind.as_str()))?;
+        Ok(())
+    }
+
+    /// Like [`Lifecycle::emit`] but only logs a failure: for signals whose request has already
+    /// succeeded (the registration is stored; losing its event must not fail the device).
+    pub async fn emit_logged(&self, e: &Event) {
+        if let Err(err) = self.emit(e).await {
+            tracing::warn!(event = e.id(), error = %err, "lifecycle event not published");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_valid_v1() {
+        let e = Event::new(
+            EventType::PassInstalled,
+            "reg-S1-D1-3".into(),
+            1_700_000_000_000,
+        )
+        .with("pass", Some("S1"))
+        .with("device", Some("D1"))
+        .with("platform", Some("apple"))
+        .with("source", None)
+        .with("campaign", Some(""));
+        let mut b = passpulse_engine::DecodedBatch::new();
+        let kind = passpulse_engine::event::decode_line(e.to_json().as_bytes(), 1, 1, &mut b)
+            .expect("a valid v1 event");
+        assert_eq!(kind, EventType::PassInstalled);
+        assert_eq!(b.get(0).device, Some("D1"));
+        assert_eq!(b.get(0).source, None);
+    }
+}

@@ -1,0 +1,576 @@
+//! The issuer service: creates passes, signs them on demand, updates them and pushes the update
+//! to every registered device, and turns what wallets tell us into lifecycle events. The HTTP
+//! layer ([`crate::http`]) is a thin shell over this.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::sign::Signer;
+use passpulse_engine::EventType;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+use crate::google::{self, ServiceAccount};
+use crate::lifecycle::{Event, Lifecycle};
+use crate::pkpass::{PassRequest, build_pkpass, new_auth_token};
+use crate::push::{PushOutcome, PushSender, fan_out};
+use crate::registry::{PassRecord, Registration, Registry, RegistryError, valid_id};
+use crate::{SigningIdentity, Template};
+
+/// Google Wallet settings: the service account that signs save links and the issuer's ids.
+#[derive(Debug, Clone)]
+pub struct GoogleSettings {
+    pub service_account: ServiceAccount,
+    pub issuer_id: String,
+    /// Loyalty class id suffix (`{issuer_id}.{class}`).
+    pub class: String,
+    pub origins: Vec<String>,
+}
+
+/// What the issuer needs to run.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Public base URL of this server (`https://passes.example.com`); the PassKit web service is
+    /// at `<public_url>/wallet`, downloads at `<public_url>/passes/…`.
+    pub public_url: String,
+    pub pass_type_id: String,
+    pub team_id: String,
+    pub templates: BTreeMap<String, Template>,
+    pub identity: SigningIdentity,
+    /// Key of the download-link signatures (HMAC-SHA256).
+    pub link_key: Vec<u8>,
+    /// How long a download link stays valid.
+    pub link_ttl: Duration,
+    /// Pushes in flight at once during a fan-out.
+    pub push_concurrency: usize,
+    pub google: Option<GoogleSettings>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("pass {0} not found")]
+    NotFound(String),
+    #[error("not authorized")]
+    Unauthorized,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<RegistryError> for IssueError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound(s) => IssueError::NotFound(s),
+            RegistryError::Store(s) => IssueError::Unavailable(s),
+            other => IssueError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A request to issue a pass.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPass {
+    /// Programme = template name.
+    pub program: String,
+    pub customer: String,
+    #[serde(default)]
+    pub attributes: Map<String, Value>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub campaign: Option<String>,
+}
+
+/// What issuing returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct Issued {
+    pub serial: String,
+    pub program: String,
+    pub customer: String,
+    pub download_url: String,
+    pub download_expires: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub google_save_url: Option<String>,
+}
+
+/// What an update did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UpdateReport {
+    pub serial: String,
+    pub update_tag: i64,
+    pub devices: usize,
+    pub pushed: usize,
+    pub failed: usize,
+    pub gone: usize,
+}
+
+/// The issuer; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: IssuerConfig,
+    registry: Registry,
+    bus: Lifecycle,
+    push: Arc<dyn PushSender>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A new serial: 20 characters of `[a-z0-9]` (≈103 bits), safe in URLs and NATS keys.
+fn new_serial() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..20)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Constant-time equality (length is not secret).
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+fn short(s: &str, what: &str) -> Result<(), IssueError> {
+    if s.is_empty() || s.chars().count() > 128 {
+        return Err(IssueError::BadRequest(format!(
+            "{what} must be 1–128 characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Issuer {
+    pub fn new(
+        cfg: IssuerConfig,
+        registry: Registry,
+        bus: Lifecycle,
+        push: Arc<dyn PushSender>,
+    ) -> Issuer {
+        Issuer {
+            inner: Arc::new(Inner {
+                cfg,
+                registry,
+                bus,
+                push,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &IssuerConfig {
+        &self.inner.cfg
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    fn template(&self, program: &str) -> Result<&Template, IssueError> {
+        self.inner.cfg.templates.get(program).ok_or_else(|| {
+            IssueError::BadRequest(format!(
+                "unknown program {program:?}; known: {}",
+                self.inner
+                    .cfg
+                    .templates
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// The attributes a template is filled from: the stored ones plus `customer` and `serial`.
+    fn fill_attrs(p: &PassRecord) -> Map<String, Value> {
+        let mut a = p.attributes.clone();
+        a.entry("customer")
+            .or_insert_with(|| Value::String(p.customer.clone()));
+        a.insert("serial".into(), Value::String(p.serial.clone()));
+        a
+    }
+
+    /// The signed .pkpass of a stored pass, as it is now.
+    pub fn pkpass(&self, p: &PassRecord) -> Result<Vec<u8>, IssueError> {
+        let cfg = &self.inner.cfg;
+        let req = PassRequest {
+            template: self.template(&p.program)?,
+            serial: p.serial.clone(),
+            pass_type_id: cfg.pass_type_id.clone(),
+            team_id: cfg.team_id.clone(),
+            web_service_url: Some(format!("{}/wallet", cfg.public_url.trim_end_matches('/'))),
+            auth_token: Some(p.auth_token.clone()),
+            attrs: Self::fill_attrs(p),
+        };
+        build_pkpass(&req, &cfg.identity).map_err(|e| IssueError::BadRequest(e.to_string()))
+    }
+
+    fn link_sig(&self, serial: &str, expires: i64) -> String {
+        let key = PKey::hmac(&self.inner.cfg.link_key).expect("HMAC key");
+        let mut s = Signer::new(MessageDigest::sha256(), &key).expect("HMAC signer");
+        s.update(format!("{serial}\n{expires}").as_bytes())
+            .expect("HMAC update");
+        let mac = s.sign_to_vec().expect("HMAC");
+        mac.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A download link for `serial`, valid for the configured time: `(url, expires unix s)`.
+    pub fn download_url(&self, serial: &str) -> (String, i64) {
+        let cfg = &self.inner.cfg;
+        let expires = now_ms() / 1000 + cfg.link_ttl.as_secs() as i64;
+        let sig = self.link_sig(serial, expires);
+        (
+            format!(
+                "{}/passes/{serial}.pkpass?expires={expires}&sig={sig}",
+                cfg.public_url.trim_end_matches('/')
+            ),
+            expires,
+        )
+    }
+
+    /// Checks a download link's signature and expiry.
+    pub fn check_download(&self, serial: &str, expires: i64, sig: &str) -> bool {
+        expires >= now_ms() / 1000 && same_secret(&self.link_sig(serial, expires), sig)
+    }
+
+    fn google_url(&self, p: &PassRecord) -> Result<Option<String>, IssueError> {
+        let Some(g) = &self.inner.cfg.google else {
+            return Ok(None);
+        };
+        let object =
+            google::loyalty_object(&g.issuer_id, &g.class, &p.serial, &Self::fill_attrs(p));
+        let jwt = google::save_jwt(
+            &g.service_account,
+            &g.origins,
+            serde_json::json!({ "loyaltyObjects": [object] }),
+            now_ms() / 1000,
+        )
+        .map_err(|e| IssueError::Internal(e.to_string()))?;
+        Ok(Some(google::save_url(&jwt)))
+    }
+
+    /// Issues a pass: validates it by building it, stores it, emits `pass.issued`.
+    pub async fn issue(&self, req: NewPass) -> Result<Issued, IssueError> {
+        short(&req.customer, "customer")?;
+        for (v, what) in [(&req.source, "source"), (&req.campaign, "campaign")] {
+            if let Some(v) = v {
+                short(v, what)?;
+            }
+        }
+        self.template(&req.program)?;
+        let now = now_ms();
+        let p = PassRecord {
+            serial: new_serial(),
+            program: req.program,
+            customer: req.customer,
+            attributes: req.attributes,
+            auth_token: new_auth_token(),
+            update_tag: now,
+            created_at: now,
+            source: req.source,
+            campaign: req.campaign,
+        };
+        self.pkpass(&p)?; // a pass Apple would refuse is refused here, before it is stored
+        let google_save_url = self.google_url(&p)?;
+        self.inner.registry.create_pass(&p).await?;
+        let e = Event::new(EventType::PassIssued, format!("issued-{}", p.serial), now)
+            .with("pass", Some(&p.serial))
+            .with("program", Some(&p.program))
+            .with("customer", Some(&p.customer))
+            .with("source", p.source.as_deref())
+            .with("campaign", p.campaign.as_deref());
+        self.inner
+            .bus
+            .emit(&e)
+            .await
+            .map_err(IssueError::Unavailable)?;
+        let (download_url, download_expires) = self.download_url(&p.serial);
+        Ok(Issued {
+            serial: p.serial,
+            program: p.program,
+            customer: p.customer,
+            download_url,
+            download_expires,
+            google_save_url,
+        })
+    }
+
+    pub fn pass(&self, serial: &str) -> Result<PassRecord, IssueError> {
+        self.inner
+            .registry
+            .pass(serial)
+            .ok_or_else(|| IssueError::NotFound(serial.into()))
+    }
+
+    /// Merges `attributes` into the pass (a `null` removes one), bumps its update tag, emits
+    /// `pass.updated` and pushes to every registered Apple device.
+    pub async fn update(
+        &self,
+        serial: &str,
+        attributes: Map<String, Value>,
+    ) -> Result<UpdateReport, IssueError> {
+        let before = self.pass(serial)?;
+        let mut candidate = before.clone();
+        merge(&mut candidate.attributes, &attributes);
+        self.pkpass(&candidate)?; // refuse an update that would make an invalid pass
+        let now = now_ms();
+        let p = self
+            .inner
+            .registry
+            .update_pass(serial, |p| {
+                merge(&mut p.attributes, &attributes);
+                // a new whole second, so `Last-Modified` (seconds) tells versions apart
+                p.update_tag = now.max((p.update_tag / 1000 + 1) * 1000);
+            })
+            .await?;
+        let e = Event::new(
+            EventType::PassUpdated,
+            format!("updated-{serial}-{}", p.update_tag),
+            now,
+        )
+        .with("pass", Some(serial))
+        .with("program", Some(&p.program))
+        .with("customer", Some(&p.customer));
+        self.inner
+            .bus
+            .emit(&e)
+            .await
+            .map_err(IssueError::Unavailable)?;
+        let mut report = self.push_update(&p).await;
+        report.update_tag = p.update_tag;
+        Ok(report)
+    }
+
+    /// Pushes the update of `p` to its Apple devices and records each outcome on the bus.
+    pub async fn push_update(&self, p: &PassRecord) -> UpdateReport {
+        let regs = self.inner.registry.registrations(&p.serial);
+        let targets: Vec<(Registration, String)> = regs
+            .into_iter()
+            .filter(|r| r.platform == "apple")
+            .map(|r| {
+                let t = r.push_token.clone();
+                (r, t)
+            })
+            .collect();
+        let mut report = UpdateReport {
+            serial: p.serial.clone(),
+            devices: targets.len(),
+            ..Default::default()
+        };
+        let outcomes = fan_out(
+            self.inner.push.as_ref(),
+            &self.inner.cfg.pass_type_id,
+            targets,
+            self.inner.cfg.push_concurrency,
+        )
+        .await;
+        let now = now_ms();
+        for (r, outcome) in outcomes {
+            let id = format!("{}-{}-{}", p.serial, r.device, p.update_tag);
+            let base = |kind: EventType, prefix: &str| {
+                Event::new(kind, format!("{prefix}-{id}"), now)
+                    .with("pass", Some(&p.serial))
+                    .with("device", Some(&r.device))
+                    .with("platform", Some("apple"))
+                    .with("program", Some(&p.program))
+            };
+            match outcome {
+                PushOutcome::Sent => {
+                    report.pushed += 1;
+                    self.inner
+                        .bus
+                        .emit_logged(&base(EventType::PushSent, "push"))
+                        .await;
+                }
+                PushOutcome::Failed { reason } => {
+                    report.failed += 1;
+                    let e = base(EventType::PushFailed, "pushfail").with("result", Some(&reason));
+                    self.inner.bus.emit_logged(&e).await;
+                }
+                PushOutcome::Gone { timestamp } => {
+                    // Apple: drop the registration only if it is older than the 410's timestamp
+                    // (a device may have re-registered since the token became invalid)
+                    let stale = timestamp.is_none_or(|t| r.registered_at < t);
+                    if stale {
+                        report.gone += 1;
+                        if let Err(e) = self.inner.registry.unregister(&r.serial, &r.device).await {
+                            tracing::warn!(error = %e, "dropping a gone registration");
+                        }
+                        let e = Event::new(EventType::DeviceGone, format!("gone-{id}"), now)
+                            .with("pass", Some(&p.serial))
+                            .with("device", Some(&r.device))
+                            .with("platform", Some("apple"));
+                        self.inner.bus.emit_logged(&e).await;
+                    } else {
+                        report.failed += 1;
+                        let e = base(EventType::PushFailed, "pushfail")
+                            .with("result", Some("unregistered-before-registration"));
+                        self.inner.bus.emit_logged(&e).await;
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Checks an `ApplePass` token against the pass's, in constant time.
+    pub fn authorize(&self, serial: &str, token: &str) -> Result<PassRecord, IssueError> {
+        let p = self
+            .inner
+            .registry
+            .pass(serial)
+            .ok_or(IssueError::Unauthorized)?;
+        if same_secret(&p.auth_token, token) {
+            Ok(p)
+        } else {
+            Err(IssueError::Unauthorized)
+        }
+    }
+
+    /// PassKit register; true if new. Emits `pass.installed` for a new registration.
+    pub async fn register(
+        &self,
+        device: &str,
+        serial: &str,
+        token: &str,
+        push_token: &str,
+    ) -> Result<bool, IssueError> {
+        let p = self.authorize(serial, token)?;
+        if !valid_id(device) {
+            return Err(IssueError::BadRequest(
+                "deviceLibraryIdentifier must be 1–128 of [A-Za-z0-9_-]".into(),
+            ));
+        }
+        if push_token.is_empty() || push_token.len() > 512 {
+            return Err(IssueError::BadRequest(
+                "pushToken must be 1–512 characters".into(),
+            ));
+        }
+        let now = now_ms();
+        let new = self
+            .inner
+            .registry
+            .register(&Registration {
+                device: device.into(),
+                serial: serial.into(),
+                push_token: push_token.into(),
+                platform: "apple".into(),
+                registered_at: now,
+            })
+            .await?;
+        if new {
+            let e = wallet_event(EventType::PassInstalled, &p, device, now)
+                .with("source", p.source.as_deref());
+            self.inner.bus.emit_logged(&e).await;
+        }
+        Ok(new)
+    }
+
+    /// PassKit unregister. Emits `pass.uninstalled` if there was a registration.
+    pub async fn unregister(
+        &self,
+        device: &str,
+        serial: &str,
+        token: &str,
+    ) -> Result<(), IssueError> {
+        let p = self.authorize(serial, token)?;
+        if valid_id(device) && self.inner.registry.unregister(serial, device).await? {
+            let e = wallet_event(EventType::PassUninstalled, &p, device, now_ms());
+            self.inner.bus.emit_logged(&e).await;
+        }
+        Ok(())
+    }
+
+    /// The latest version of an authorized pass, and emits `pass.fetched`. The request carries
+    /// no device id: the event names the registered device when exactly one is registered,
+    /// `unknown` otherwise.
+    pub async fn fetch(&self, p: &PassRecord) -> Result<Vec<u8>, IssueError> {
+        let bytes = self.pkpass(p)?;
+        let regs = self.inner.registry.registrations(&p.serial);
+        let device = match regs.as_slice() {
+            [one] => one.device.clone(),
+            _ => "unknown".into(),
+        };
+        let now = now_ms();
+        let e = Event::new(
+            EventType::PassFetched,
+            format!("fetched-{}-{}-{now}", p.serial, p.update_tag),
+            now,
+        )
+        .with("pass", Some(&p.serial))
+        .with("device", Some(&device))
+        .with("platform", Some("apple"))
+        .with("program", Some(&p.program));
+        self.inner.bus.emit_logged(&e).await;
+        Ok(bytes)
+    }
+}
+
+/// An Apple device's install/uninstall of `p`; the id names what happened and when.
+fn wallet_event(kind: EventType, p: &PassRecord, device: &str, now: i64) -> Event {
+    Event::new(
+        kind,
+        format!("{}-{}-{device}-{now}", kind.as_str(), p.serial),
+        now,
+    )
+    .with("pass", Some(&p.serial))
+    .with("device", Some(device))
+    .with("platform", Some("apple"))
+    .with("program", Some(&p.program))
+    .with("customer", Some(&p.customer))
+}
+
+/// Merges `changes` into `attrs`; a `null` value removes the attribute.
+fn merge(attrs: &mut Map<String, Value>, changes: &Map<String, Value>) {
+    for (k, v) in changes {
+        if v.is_null() {
+            attrs.remove(k);
+        } else {
+            attrs.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_random_and_key_safe() {
+        let a = new_serial();
+        assert_eq!(a.len(), 20);
+        assert!(valid_id(&a));
+        assert_ne!(a, new_serial());
+    }
+
+    #[test]
+    fn merge_sets_and_removes() {
+        let mut a: Map<String, Value> =
+            serde_json::from_str(r#"{"points":1,"tier":"gold"}"#).unwrap();
+        let c: Map<String, Value> = serde_json::from_str(r#"{"points":5,"tier":null}"#).unwrap();
+        merge(&mut a, &c);
+        assert_eq!(Value::Object(a), serde_json::json!({"points":5}));
+    }
+
+    #[test]
+    fn secrets_compare_by_value() {
+        assert!(same_secret("abcdefghijklmnop", "abcdefghijklmnop"));
+        assert!(!same_secret("abcdefghijklmnop", "abcdefghijklmnoq"));
+        assert!(!same_secret("abc", "abcd"));
+    }
+}

@@ -38,3 +38,56 @@ pub async fn run(
         }
     }
 }
+
+/// Issues one pass of each demo programme through the real issuer (signed with the
+/// development chain) and prints where to download them, so a user can unzip one and check its
+/// signature; one device registers each through the PassKit path, as Wallet would.
+pub async fn sample_passes(issuer: passpulse_issuer::Issuer) {
+    use serde_json::json;
+    let year = chrono::Utc::now().format("%Y").to_string();
+    let samples = [
+        (
+            "loyalty",
+            json!({"first_name": "Ada", "points": 120, "tier": "Gold",
+                   "programme_name": "Pulse Rewards", "organization": "Passpulse Coffee"}),
+        ),
+        (
+            "coupon",
+            json!({"offer_title": "10 % off your next coffee", "discount_code": "PULSE-10",
+                   "expires": format!("{year}-12-31T23:59:59Z"), "expires_text": format!("31 Dec {year}"),
+                   "organization": "Passpulse Coffee"}),
+        ),
+        (
+            "ticket",
+            json!({"first_name": "Ada", "event_name": "Winter Launch",
+                   "event_start": format!("{year}-12-12T19:00:00Z"), "venue": "Hall 2",
+                   "doors": "18:30", "seat": "B12", "ticket_id": "T-0001",
+                   "organization": "Passpulse Events"}),
+        ),
+    ];
+    for (program, attrs) in samples {
+        let req = passpulse_issuer::service::NewPass {
+            program: program.into(),
+            customer: format!("DEMO-{program}"),
+            attributes: attrs.as_object().cloned().unwrap_or_default(),
+            source: Some("web".into()),
+            campaign: Some("demo".into()),
+        };
+        match issuer.issue(req).await {
+            Ok(p) => {
+                println!("demo {program} pass: {}", p.download_url);
+                if let Ok(rec) = issuer.pass(&p.serial) {
+                    let device = format!("demo-device-{program}");
+                    let push = format!("demo-push-{program}");
+                    if let Err(e) = issuer
+                        .register(&device, &p.serial, &rec.auth_token, &push)
+                        .await
+                    {
+                        warn!(error = %e, "demo: registering a device");
+                    }
+                }
+            }
+            Err(e) => warn!(program, error = %e, "demo: issuing a sample pass"),
+        }
+    }
+}

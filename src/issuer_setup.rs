@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use passpulse_issuer::certs::{SigningIdentity, dev_chain};
 use passpulse_issuer::google::ServiceAccount;
+use passpulse_issuer::google_api::{self, GoogleApi};
+use passpulse_issuer::google_callback::RootKeys;
 use passpulse_issuer::push::{ApnsAuth, ApnsSender, PushSender, Unconfigured};
 use passpulse_issuer::service::GoogleSettings;
 use passpulse_issuer::{IssuerConfig, Template};
@@ -54,6 +56,12 @@ pub struct IssuerSection {
     pub google_issuer_id: Option<String>,
     pub google_class: String,
     pub google_origins: Vec<String>,
+    /// Root keys that sign save/delete callbacks, in the format of
+    /// `https://pay.google.com/gp/m/issuer/keys` (download it there).
+    pub google_root_keys: Option<PathBuf>,
+    /// Google Wallet REST API and OAuth token endpoint (defaults: Google's).
+    pub google_api_url: String,
+    pub google_token_url: String,
 }
 
 impl Default for IssuerSection {
@@ -80,6 +88,9 @@ impl Default for IssuerSection {
             google_issuer_id: None,
             google_class: "loyalty".into(),
             google_origins: Vec::new(),
+            google_root_keys: None,
+            google_api_url: google_api::DEFAULT_BASE_URL.into(),
+            google_token_url: google_api::DEFAULT_TOKEN_URL.into(),
         }
     }
 }
@@ -151,12 +162,22 @@ fn google(s: &IssuerSection) -> Result<Option<GoogleSettings>> {
     let (Some(path), Some(issuer_id)) = (&s.google_service_account, &s.google_issuer_id) else {
         return Ok(None);
     };
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let sa = ServiceAccount::from_json(&read(path)?)?;
+    let root_keys = match &s.google_root_keys {
+        Some(p) => Some(
+            RootKeys::from_json(&read(p)?).with_context(|| format!("root keys {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let api = GoogleApi::new(sa.clone(), &s.google_api_url, &s.google_token_url);
     Ok(Some(GoogleSettings {
-        service_account: ServiceAccount::from_json(&bytes)?,
+        service_account: sa,
         issuer_id: issuer_id.clone(),
         class: s.google_class.clone(),
         origins: s.google_origins.clone(),
+        root_keys,
+        api: Some(Arc::new(api)),
     }))
 }
 

@@ -126,6 +126,8 @@ enum BenchCommand {
     Ingest(bench::IngestArgs),
     /// Start-up time of a persistent engine at two history sizes; flush rate; bytes on disk.
     Restart(bench::RestartArgs),
+    /// Signed .pkpass files per second beside the raw RSA-2048 rate; push fan-out rate.
+    Issue(bench::IssueBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -149,6 +151,7 @@ fn main() -> Result<()> {
             Command::Query(a) => query_cmd::run(&a.url, &a.sql, a.format, a.token.as_deref()).await,
             Command::Bench(BenchCommand::Ingest(a)) => bench::ingest(a).await,
             Command::Bench(BenchCommand::Restart(a)) => bench::restart(a).await,
+            Command::Bench(BenchCommand::Issue(a)) => bench::issue(a).await,
             Command::Inspect(a) => admin::inspect(a),
             Command::Compact(a) => admin::compact(a),
             Command::Issue(a) => issue_cmd::issue(a),

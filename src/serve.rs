@@ -82,6 +82,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         let (icfg, push) = crate::issuer_setup::build(&cfg.issuer, &cfg.data_dir, addr)?;
         let slot = IssuerSlot::default();
         let (js, bus, fill) = (js.clone(), bus.clone(), slot.clone());
+        let demo = cfg.demo;
         // the registry opens in the background (retrying while the broker is busy or away):
         // ingest and queries do not wait for it, the issuer's routes answer 503 until it is open
         tokio::spawn(async move {
@@ -89,8 +90,12 @@ pub async fn serve(cfg: Config) -> Result<()> {
             loop {
                 match Registry::open(&js).await {
                     Ok(registry) => {
-                        fill.set(Issuer::new(icfg, registry, Lifecycle::new(js, bus), push));
+                        let issuer = Issuer::new(icfg, registry, Lifecycle::new(js, bus), push);
+                        fill.set(issuer.clone());
                         info!("issuer ready");
+                        if demo {
+                            crate::demo::sample_passes(issuer).await;
+                        }
                         return;
                     }
                     Err(e) => {

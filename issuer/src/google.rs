@@ -95,7 +95,6 @@ pub fn save_jwt(
     objects: Value,
     iat: i64,
 ) -> Result<String, GoogleError> {
-    let header = json!({ "alg": "RS256", "typ": "JWT" });
     let claims = json!({
         "iss": sa.client_email,
         "aud": "google",
@@ -104,6 +103,12 @@ pub fn save_jwt(
         "origins": origins,
         "payload": objects,
     });
+    sign_jwt(sa, &claims)
+}
+
+/// `claims` as a JWT signed RS256 with the service-account key.
+pub fn sign_jwt(sa: &ServiceAccount, claims: &Value) -> Result<String, GoogleError> {
+    let header = json!({ "alg": "RS256", "typ": "JWT" });
     let signing_input = format!(
         "{}.{}",
         b64url(header.to_string().as_bytes()),

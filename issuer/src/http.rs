@@ -10,7 +10,8 @@
 //! - `GET /passes/{serial}.pkpass?expires=…&sig=…` (the download link);
 //! - Apple's PassKit web service under `/wallet/v1/…` (`ApplePass <token>`, compared in
 //!   constant time): register, unregister, serials updated since a tag, latest pass with
-//!   `Last-Modified` / `If-Modified-Since`, log.
+//!   `Last-Modified` / `If-Modified-Since`, log;
+//! - `POST /wallet/google/callback`: Google Wallet save/delete callbacks (signed, verified).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
@@ -82,6 +83,7 @@ pub fn public_router(issuer: IssuerSlot) -> Router {
         )
         .route("/wallet/v1/passes/{pass_type}/{serial}", get(latest_pass))
         .route("/wallet/v1/log", post(log))
+        .route("/wallet/google/callback", post(google_callback))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(issuer)
 }
@@ -291,6 +293,15 @@ async fn latest_pass(
     }
     let bytes = iss.fetch(&p).await?;
     Ok(pkpass_response(bytes, p.update_tag))
+}
+
+async fn google_callback(
+    State(slot): State<IssuerSlot>,
+    body: Bytes,
+) -> Result<Response, IssueError> {
+    let iss = slot.ready()?;
+    let what = iss.google_callback(&body).await?;
+    Ok(Json(json!({ "result": what })).into_response())
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,8 @@
 
 pub mod certs;
 pub mod google;
+pub mod google_api;
+pub mod google_callback;
 pub mod http;
 pub mod lifecycle;
 pub mod pkpass;

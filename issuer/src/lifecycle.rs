@@ -48,6 +48,12 @@ impl Event {
         self
     }
 
+    /// Replaces the id.
+    pub fn with_id(mut self, id: String) -> Event {
+        self.fields.insert("id".into(), json!(id));
+        self
+    }
+
     pub fn id(&self) -> &str {
         self.fields["id"].as_str().expect("id is a string")
     }

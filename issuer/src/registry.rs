@@ -25,6 +25,8 @@ use serde_json::{Map, Value};
 /// Bucket names.
 pub const PASSES_BUCKET: &str = "PASSPULSE_PASSES";
 pub const REGISTRATIONS_BUCKET: &str = "PASSPULSE_REGISTRATIONS";
+/// Google callback nonces seen (kept 30 days: Google retries for far less).
+pub const NONCES_BUCKET: &str = "PASSPULSE_GOOGLE_NONCES";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -160,6 +162,7 @@ impl Replica {
 pub struct Registry {
     passes: kv::Store,
     registrations: kv::Store,
+    nonces: kv::Store,
     replica: Arc<RwLock<Replica>>,
 }
 
@@ -177,10 +180,15 @@ impl std::fmt::Debug for Registry {
 /// configuration a key-value bucket has (`KV_<name>`, `$KV.<name>.>`, one value per key, rollup,
 /// direct get, discard new), because async-nats' `create_key_value` first reads account
 /// information in a shape older servers (2.9) do not send.
-async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, RegistryError> {
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<kv::Store, RegistryError> {
     use jetstream::stream::{Config, DiscardPolicy, StorageType};
     js.get_or_create_stream(Config {
         name: format!("KV_{name}"),
+        max_age,
         description: Some(format!("passpulse registry: {name}")),
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
@@ -200,11 +208,13 @@ async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, Regist
 impl Registry {
     /// Opens (creating if missing) both buckets, loads the replica and keeps it live.
     pub async fn open(js: &jetstream::Context) -> Result<Registry, RegistryError> {
-        let passes = bucket(js, PASSES_BUCKET).await?;
-        let registrations = bucket(js, REGISTRATIONS_BUCKET).await?;
+        let passes = bucket(js, PASSES_BUCKET, Duration::ZERO).await?;
+        let registrations = bucket(js, REGISTRATIONS_BUCKET, Duration::ZERO).await?;
+        let nonces = bucket(js, NONCES_BUCKET, Duration::from_secs(30 * 86_400)).await?;
         let reg = Registry {
             passes,
             registrations,
+            nonces,
             replica: Arc::default(),
         };
         for (store, name) in [
@@ -387,6 +397,22 @@ impl Registry {
             }
         }
         (serials, newest)
+    }
+
+    /// Records a Google callback nonce; false if it was seen before (a retried callback).
+    pub async fn first_nonce(&self, nonce: &str) -> Result<bool, RegistryError> {
+        // nonces are UUIDs; anything else is hashed into a key-safe form
+        let key = if valid_id(nonce) {
+            nonce.to_string()
+        } else {
+            let d = openssl::sha::sha256(nonce.as_bytes());
+            d.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        match self.nonces.create(&key, bytes::Bytes::new()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(store_err(e)),
+        }
     }
 
     /// Passes per programme (for metrics and the demo).

@@ -15,6 +15,8 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
 use crate::google::{self, ServiceAccount};
+use crate::google_api::{GoogleApi, PatchOutcome};
+use crate::google_callback::{self, CallbackError, RootKeys};
 use crate::lifecycle::{Event, Lifecycle};
 use crate::pkpass::{PassRequest, build_pkpass, new_auth_token};
 use crate::push::{PushOutcome, PushSender, fan_out};
@@ -29,7 +31,17 @@ pub struct GoogleSettings {
     /// Loyalty class id suffix (`{issuer_id}.{class}`).
     pub class: String,
     pub origins: Vec<String>,
+    /// Root keys that sign save/delete callbacks (Google's key file); without them callbacks
+    /// are refused.
+    pub root_keys: Option<RootKeys>,
+    /// REST client for object updates; without it updates reach Google devices only when the
+    /// pass is saved again.
+    pub api: Option<Arc<GoogleApi>>,
 }
+
+/// Device id recorded for Google Wallet installs: Google tells us a pass was saved, not on which
+/// device, so a pass has at most one Google "registration".
+pub const GOOGLE_DEVICE: &str = "google-wallet";
 
 /// What the issuer needs to run.
 #[derive(Debug, Clone)]
@@ -110,6 +122,10 @@ pub struct UpdateReport {
     pub pushed: usize,
     pub failed: usize,
     pub gone: usize,
+    /// What the Google Wallet REST API said (`patched`, `not saved`, the error), if the pass is
+    /// saved in Google Wallet and the API is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub google: Option<String>,
 }
 
 /// The issuer; cheap to clone.
@@ -353,7 +369,111 @@ impl Issuer {
             .map_err(IssueError::Unavailable)?;
         let mut report = self.push_update(&p).await;
         report.update_tag = p.update_tag;
+        report.google = self.patch_google(&p).await;
         Ok(report)
+    }
+
+    /// Sends the new content of `p` to the Google Wallet REST API if the pass is saved there.
+    async fn patch_google(&self, p: &PassRecord) -> Option<String> {
+        let g = self.inner.cfg.google.as_ref()?;
+        let api = g.api.as_ref()?;
+        self.inner.registry.registration(&p.serial, GOOGLE_DEVICE)?;
+        let object =
+            google::loyalty_object(&g.issuer_id, &g.class, &p.serial, &Self::fill_attrs(p));
+        let outcome = api
+            .patch_loyalty_object(&format!("{}.{}", g.issuer_id, p.serial), &object)
+            .await;
+        let now = now_ms();
+        let id = format!("{}-{GOOGLE_DEVICE}-{}", p.serial, p.update_tag);
+        let (kind, prefix, reason) = match &outcome {
+            PatchOutcome::Patched => (EventType::PushSent, "push", None),
+            PatchOutcome::NotSaved => (EventType::PushFailed, "pushfail", Some("not-saved")),
+            PatchOutcome::Failed(e) => (EventType::PushFailed, "pushfail", Some(e.as_str())),
+        };
+        let e = Event::new(kind, format!("{prefix}-{id}"), now)
+            .with("pass", Some(&p.serial))
+            .with("device", Some(GOOGLE_DEVICE))
+            .with("platform", Some("google"))
+            .with("program", Some(&p.program))
+            .with("result", reason);
+        self.inner.bus.emit_logged(&e).await;
+        Some(match outcome {
+            PatchOutcome::Patched => "patched".into(),
+            PatchOutcome::NotSaved => "not saved".into(),
+            PatchOutcome::Failed(e) => e,
+        })
+    }
+
+    /// A Google Wallet save/delete callback: verified, de-duplicated on its nonce, recorded as a
+    /// registration of [`GOOGLE_DEVICE`] and as `pass.installed` / `pass.uninstalled`. Returns
+    /// what was done.
+    pub async fn google_callback(&self, body: &[u8]) -> Result<&'static str, IssueError> {
+        let g = self
+            .inner
+            .cfg
+            .google
+            .as_ref()
+            .ok_or_else(|| IssueError::NotFound("Google Wallet is not configured".into()))?;
+        let roots = g.root_keys.as_ref().ok_or_else(|| {
+            IssueError::NotFound("Google callback root keys are not configured".into())
+        })?;
+        let now = now_ms();
+        let m = google_callback::verify(body, roots, &g.issuer_id, now).map_err(|e| match e {
+            CallbackError::Malformed(_) => IssueError::BadRequest(e.to_string()),
+            other => {
+                tracing::warn!(error = %other, "Google callback refused");
+                IssueError::Unauthorized
+            }
+        })?;
+        let kind = match m.event_type.as_str() {
+            "save" => EventType::PassInstalled,
+            "del" => EventType::PassUninstalled,
+            other => {
+                return Err(IssueError::BadRequest(format!(
+                    "eventType {other:?} is neither save nor del"
+                )));
+            }
+        };
+        let Some(p) = m
+            .object_id
+            .strip_prefix(&format!("{}.", g.issuer_id))
+            .and_then(|serial| self.inner.registry.pass(serial))
+        else {
+            tracing::warn!(object = %m.object_id, "Google callback for an object we did not issue");
+            return Ok("unknown object");
+        };
+        if !self.inner.registry.first_nonce(&m.nonce).await? {
+            return Ok("duplicate");
+        }
+        if kind == EventType::PassInstalled {
+            self.inner
+                .registry
+                .register(&Registration {
+                    device: GOOGLE_DEVICE.into(),
+                    serial: p.serial.clone(),
+                    push_token: String::new(),
+                    platform: "google".into(),
+                    registered_at: now,
+                })
+                .await?;
+        } else {
+            self.inner
+                .registry
+                .unregister(&p.serial, GOOGLE_DEVICE)
+                .await?;
+        }
+        // the nonce names the callback: a retry the nonce store missed is still one event
+        let e = wallet_event(kind, &p, GOOGLE_DEVICE, now).with_id(format!("google-{}", m.nonce));
+        self.inner
+            .bus
+            .emit(&e)
+            .await
+            .map_err(IssueError::Unavailable)?;
+        Ok(if kind == EventType::PassInstalled {
+            "saved"
+        } else {
+            "deleted"
+        })
     }
 
     /// Pushes the update of `p` to its Apple devices and records each outcome on the bus.
@@ -523,6 +643,11 @@ impl Issuer {
 
 /// An Apple device's install/uninstall of `p`; the id names what happened and when.
 fn wallet_event(kind: EventType, p: &PassRecord, device: &str, now: i64) -> Event {
+    let platform = if device == GOOGLE_DEVICE {
+        "google"
+    } else {
+        "apple"
+    };
     Event::new(
         kind,
         format!("{}-{}-{device}-{now}", kind.as_str(), p.serial),
@@ -530,7 +655,7 @@ fn wallet_event(kind: EventType, p: &PassRecord, device: &str, now: i64) -> Even
     )
     .with("pass", Some(&p.serial))
     .with("device", Some(device))
-    .with("platform", Some("apple"))
+    .with("platform", Some(platform))
     .with("program", Some(&p.program))
     .with("customer", Some(&p.customer))
 }

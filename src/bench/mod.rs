@@ -3,9 +3,11 @@
 //! Timing lives here, never in pass/fail tests.
 
 mod ingest;
+mod issue;
 mod restart;
 
 pub use ingest::{IngestArgs, ingest};
+pub use issue::{IssueBenchArgs, issue};
 pub use restart::{RestartArgs, restart};
 
 use anyhow::{Context, Result};

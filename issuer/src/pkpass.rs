@@ -171,7 +171,7 @@ pub fn manifest(files: &std::collections::BTreeMap<String, Vec<u8>>) -> Result<V
         let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
         m.insert(name.clone(), json!(hex));
     }
-    Ok(serde_json::to_vec_pretty(&Value::Object(m)).expect("a map serialises"))
+    Ok(serde_json::to_vec(&Value::Object(m)).expect("a map serialises"))
 }
 
 /// The detached DER PKCS#7 signature of `manifest`, with the chain and a signing time.
@@ -180,13 +180,14 @@ pub fn sign_manifest(manifest: &[u8], id: &SigningIdentity) -> Result<Vec<u8>, P
     for c in &id.chain {
         chain.push(c.clone())?;
     }
-    // signed attributes (content type, signing time) are on by default: never NOATTR
+    // signed attributes (content type, signing time) are on by default: never NOATTR; the
+    // S/MIME capabilities attribute means nothing to Wallet, so it is left out
     let p7 = Pkcs7::sign(
         &id.cert,
         &id.key,
         &chain,
         manifest,
-        Pkcs7Flags::DETACHED | Pkcs7Flags::BINARY,
+        Pkcs7Flags::DETACHED | Pkcs7Flags::BINARY | Pkcs7Flags::NOSMIMECAP,
     )?;
     Ok(p7.to_der()?)
 }
@@ -197,15 +198,22 @@ pub fn build_pkpass(req: &PassRequest<'_>, id: &SigningIdentity) -> Result<Vec<u
     let mut files = req.template.images.clone();
     files.insert(
         "pass.json".into(),
-        serde_json::to_vec_pretty(&pass).expect("JSON serialises"),
+        serde_json::to_vec(&pass).expect("JSON serialises"),
     );
     let manifest = manifest(&files)?;
     let signature = sign_manifest(&manifest, id)?;
     let mut zw = ZipWriter::new(Cursor::new(Vec::new()));
-    let opts = SimpleFileOptions::default()
+    // the JSON files are small: the fastest deflate level packs them almost as well
+    let deflated = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)
+        .compression_level(Some(1))
         .last_modified_time(DateTime::default())
         .unix_permissions(0o644);
+    // PNG data is already compressed: deflating it again costs more CPU than the signature
+    // and saves nothing
+    let stored = deflated
+        .compression_method(CompressionMethod::Stored)
+        .compression_level(None);
     for (name, bytes) in files.iter().chain(
         [
             ("manifest.json".to_string(), manifest),
@@ -214,6 +222,11 @@ pub fn build_pkpass(req: &PassRequest<'_>, id: &SigningIdentity) -> Result<Vec<u
         .iter()
         .map(|(n, b)| (n, b)),
     ) {
+        let opts = if name.ends_with(".png") {
+            stored
+        } else {
+            deflated
+        };
         zw.start_file(name.as_str(), opts)?;
         zw.write_all(bytes)
             .map_err(|e| PassError::Io(PathBuf::from(name), e))?;

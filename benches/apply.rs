@@ -16,6 +16,7 @@ use std::process::Command;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use passpulse_engine::dedup::Dedup;
 use passpulse_engine::event::decode_message;
+use passpulse_engine::store::{HotStore, MAX_BATCH_ROWS, SealedBatch};
 use passpulse_engine::{DecodedBatch, Engine, EngineConfig, EngineWriter, new_engine};
 
 const EVENTS: usize = 200_000;
@@ -120,6 +121,20 @@ fn benches(c: &mut Criterion) {
             );
         });
     }
+    g.finish();
+
+    // the hot store's compact encoding of one sealed batch, and reading it back
+    let mut store = HotStore::new(std::time::Duration::from_secs(3600));
+    for e in first.iter().take(MAX_BATCH_ROWS) {
+        store.append(&e, 1);
+    }
+    let sealed = store.take_for_flush().pop().expect("one sealed batch");
+    let plain = sealed.decode(None);
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(plain.num_rows() as u64));
+    g.sample_size(20);
+    g.bench_function("encode", |b| b.iter(|| SealedBatch::encode(&plain)));
+    g.bench_function("decode", |b| b.iter(|| sealed.decode(None)));
     g.finish();
 }
 

@@ -179,6 +179,19 @@ async fn an_update_pushes_to_every_device_and_applies_the_410_rule() {
         .find(|e| e.kind.as_str() == "device.gone")
         .unwrap();
     assert_eq!(gone.device, Some("DB"));
+    // and the engine counts them
+    let (mut writer, engine) = passpulse_engine::new_engine(Default::default());
+    let mut dedup = writer.take_dedup().expect("a new writer de-duplicates");
+    let mut batch = batch.clone();
+    dedup.filter(&mut batch);
+    writer.apply(&batch);
+    let counted: BTreeMap<&str, i32> = engine
+        .events_by_type()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(t, n)| (t.as_str(), *n as i32))
+        .collect();
+    assert_eq!(counted, want);
     rig.nats.stop().await;
 }
 

@@ -133,7 +133,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(plain.num_rows() as u64));
     g.sample_size(20);
-    g.bench_function("encode", |b| b.iter(|| SealedBatch::encode(&plain)));
+    g.bench_function("encode", |b| b.iter(|| SealedBatch::encode(plain.clone())));
     g.bench_function("decode", |b| b.iter(|| sealed.decode(None)));
     g.finish();
 }

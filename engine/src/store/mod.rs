@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    Array, ArrayRef, DictionaryArray, Float64Builder, StringArray, StringBuilder,
-    StringDictionaryBuilder, TimestampMillisecondBuilder, UInt8Builder, UInt64Builder,
+    ArrayRef, DictionaryArray, Float64Builder, StringArray, StringBuilder, StringDictionaryBuilder,
+    TimestampMillisecondBuilder, UInt8Builder, UInt64Builder,
 };
 use arrow::datatypes::{SchemaRef, UInt8Type, UInt16Type};
 use arrow::record_batch::RecordBatch;
@@ -365,15 +365,12 @@ impl HotStore {
     }
 
     fn seal(&mut self) {
-        let mut cols = self.builders.columns(false);
-        // builders grow by doubling: give the slack back before the batch lives on
-        for c in &mut cols {
-            c.shrink_to_fit();
-        }
+        let cols = self.builders.columns(false);
         let batch =
             RecordBatch::try_new(self.schema.clone(), cols).expect("builders match the schema");
         self.sealed_rows += batch.num_rows();
-        self.sealed.push(Arc::new(SealedBatch::encode(&batch)));
+        // re-encoded columns get new, exact buffers; the rest are shrunk by the encoder
+        self.sealed.push(Arc::new(SealedBatch::encode(batch)));
         self.open_rows = 0;
         self.published_rows = 0;
         self.install(None);

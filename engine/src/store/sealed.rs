@@ -96,7 +96,8 @@ enum Column {
 }
 
 impl Column {
-    fn encode(a: &ArrayRef) -> Column {
+    fn encode(mut a: ArrayRef) -> Column {
+        let a = &mut a;
         match a.data_type() {
             DataType::UInt64 if a.null_count() == 0 => {
                 Self::offsets(a.as_primitive::<UInt64Type>().values(), a)
@@ -140,7 +141,11 @@ impl Column {
                     nulls,
                 }
             }
-            _ => Column::Plain(a.clone()),
+            _ => {
+                // builders grow by doubling: give the slack back before the batch lives on
+                a.shrink_to_fit();
+                Column::Plain(a.clone())
+            }
         }
     }
 
@@ -332,12 +337,15 @@ pub struct SealedBatch {
 }
 
 impl SealedBatch {
-    /// Encodes `batch`; [`SealedBatch::decode`] gives it back exactly.
-    pub fn encode(batch: &RecordBatch) -> SealedBatch {
+    /// Encodes `batch`; [`SealedBatch::decode`] gives it back exactly. Columns kept as they
+    /// are lose their spare capacity (when `batch` is their only owner).
+    pub fn encode(batch: RecordBatch) -> SealedBatch {
+        let rows = batch.num_rows();
+        let (schema, columns, _) = batch.into_parts();
         SealedBatch {
-            schema: batch.schema(),
-            rows: batch.num_rows(),
-            columns: batch.columns().iter().map(Column::encode).collect(),
+            schema,
+            rows,
+            columns: columns.into_iter().map(Column::encode).collect(),
         }
     }
 
@@ -442,7 +450,7 @@ mod tests {
             (0, 1, 1),
         ] {
             let b = batch(n, step, card);
-            let s = SealedBatch::encode(&b);
+            let s = SealedBatch::encode(b.clone());
             assert_eq!(s.num_rows(), n);
             assert_eq!(s.decode(None), b, "n={n} step={step} card={card}");
             let p = s.decode(Some(&[4, 0]));
@@ -454,7 +462,7 @@ mod tests {
     fn encoding_is_smaller_than_plain_arrow() {
         let b = batch(60_000, 7, 8);
         let plain: usize = b.columns().iter().map(|c| c.get_array_memory_size()).sum();
-        let s = SealedBatch::encode(&b);
+        let s = SealedBatch::encode(b);
         // seq/ts fit in 32 bits, keys in 8, a third of pass and most values are null
         assert!(
             s.memory_size() * 10 < plain * 7,

@@ -163,6 +163,22 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
+/// Most attributes a pass may carry, and their largest JSON size: a pass is a card, not a
+/// document store (and a registry value must fit in one NATS message).
+pub const MAX_ATTRIBUTES: usize = 64;
+pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
+
+fn check_attributes(a: &Map<String, Value>) -> Result<(), IssueError> {
+    let bytes = serde_json::to_vec(a).map_or(usize::MAX, |v| v.len());
+    if a.len() > MAX_ATTRIBUTES || bytes > MAX_ATTRIBUTES_BYTES {
+        return Err(IssueError::BadRequest(format!(
+            "attributes: at most {MAX_ATTRIBUTES} keys and {MAX_ATTRIBUTES_BYTES} bytes of JSON (got {} keys, {bytes} bytes)",
+            a.len()
+        )));
+    }
+    Ok(())
+}
+
 fn short(s: &str, what: &str) -> Result<(), IssueError> {
     if s.is_empty() || s.chars().count() > 128 {
         return Err(IssueError::BadRequest(format!(
@@ -289,6 +305,7 @@ impl Issuer {
             }
         }
         self.template(&req.program)?;
+        check_attributes(&req.attributes)?;
         let now = now_ms();
         let p = PassRecord {
             serial: new_serial(),
@@ -343,6 +360,7 @@ impl Issuer {
         let before = self.pass(serial)?;
         let mut candidate = before.clone();
         merge(&mut candidate.attributes, &attributes);
+        check_attributes(&candidate.attributes)?;
         self.pkpass(&candidate)?; // refuse an update that would make an invalid pass
         let now = now_ms();
         let p = self
@@ -690,6 +708,26 @@ mod tests {
         let c: Map<String, Value> = serde_json::from_str(r#"{"points":5,"tier":null}"#).unwrap();
         merge(&mut a, &c);
         assert_eq!(Value::Object(a), serde_json::json!({"points":5}));
+    }
+
+    #[test]
+    fn oversized_attributes_are_refused() {
+        let mut a = Map::new();
+        for i in 0..=MAX_ATTRIBUTES {
+            a.insert(format!("k{i}"), Value::from(i));
+        }
+        assert!(matches!(
+            check_attributes(&a),
+            Err(IssueError::BadRequest(_))
+        ));
+        let mut b = Map::new();
+        b.insert("note".into(), Value::from("x".repeat(MAX_ATTRIBUTES_BYTES)));
+        assert!(matches!(
+            check_attributes(&b),
+            Err(IssueError::BadRequest(_))
+        ));
+        b.insert("note".into(), Value::from("fits"));
+        assert!(check_attributes(&b).is_ok());
     }
 
     #[test]

@@ -237,18 +237,35 @@ impl Registry {
             let _ = ready_tx.take().map(|t| t.send(()));
         }
         tokio::spawn(async move {
-            while let Some(e) = watch.next().await {
-                match e {
-                    Ok(e) => {
-                        replica.write().apply(name, &e);
-                        if e.delta == 0 {
-                            let _ = ready_tx.take().map(|t| t.send(()));
+            // the watch is an ordered consumer and rides out reconnects; if it ends anyway
+            // (the stream was recreated, the server lost it), resume after the last revision
+            let mut last = 0;
+            loop {
+                while let Some(e) = watch.next().await {
+                    match e {
+                        Ok(e) => {
+                            last = last.max(e.revision);
+                            replica.write().apply(name, &e);
+                            if e.delta == 0 {
+                                let _ = ready_tx.take().map(|t| t.send(()));
+                            }
                         }
+                        Err(e) => tracing::warn!(bucket = name, error = %e, "registry watch"),
                     }
-                    Err(e) => tracing::warn!(bucket = name, error = %e, "registry watch"),
                 }
+                tracing::warn!(
+                    bucket = name,
+                    after = last,
+                    "registry watch ended; resuming"
+                );
+                watch = loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match store.watch_from_revision(">", last + 1).await {
+                        Ok(w) => break w,
+                        Err(e) => tracing::warn!(bucket = name, error = %e, "registry watch"),
+                    }
+                };
             }
-            tracing::warn!(bucket = name, "registry watch ended");
         });
         tokio::time::timeout(Duration::from_secs(30), ready_rx)
             .await

@@ -48,6 +48,14 @@ impl Event {
         self
     }
 
+    /// Adds `attrs` (string and number values) when not empty.
+    pub fn with_attrs(mut self, attrs: Map<String, Value>) -> Event {
+        if !attrs.is_empty() {
+            self.fields.insert("attrs".into(), Value::Object(attrs));
+        }
+        self
+    }
+
     /// Replaces the id.
     pub fn with_id(mut self, id: String) -> Event {
         self.fields.insert("id".into(), json!(id));

@@ -40,7 +40,7 @@ pub enum RegistryError {
     Corrupt { key: String, detail: String },
 }
 
-fn store_err(e: impl std::fmt::Display) -> RegistryError {
+pub(crate) fn store_err(e: impl std::fmt::Display) -> RegistryError {
     RegistryError::Store(e.to_string())
 }
 
@@ -180,7 +180,7 @@ impl std::fmt::Debug for Registry {
 /// configuration a key-value bucket has (`KV_<name>`, `$KV.<name>.>`, one value per key, rollup,
 /// direct get, discard new), because async-nats' `create_key_value` first reads account
 /// information in a shape older servers (2.9) do not send.
-async fn bucket(
+pub(crate) async fn bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,

@@ -18,7 +18,7 @@ use crate::google::{self, ServiceAccount};
 use crate::google_api::{GoogleApi, PatchOutcome};
 use crate::google_callback::{self, CallbackError, RootKeys};
 use crate::lifecycle::{Event, Lifecycle};
-use crate::pkpass::{PassRequest, build_pkpass, new_auth_token};
+use crate::pkpass::{PassRequest, build_pkpass, new_auth_token, pass_json};
 use crate::push::{PushOutcome, PushSender, fan_out};
 use crate::registry::{PassRecord, Registration, Registry, RegistryError, valid_id};
 use crate::{SigningIdentity, Template};
@@ -237,10 +237,9 @@ impl Issuer {
         a
     }
 
-    /// The signed .pkpass of a stored pass, as it is now.
-    pub fn pkpass(&self, p: &PassRecord) -> Result<Vec<u8>, IssueError> {
+    fn pass_request<'a>(&'a self, p: &PassRecord) -> Result<PassRequest<'a>, IssueError> {
         let cfg = &self.inner.cfg;
-        let req = PassRequest {
+        Ok(PassRequest {
             template: self.template(&p.program)?,
             serial: p.serial.clone(),
             pass_type_id: cfg.pass_type_id.clone(),
@@ -248,17 +247,58 @@ impl Issuer {
             web_service_url: Some(format!("{}/wallet", cfg.public_url.trim_end_matches('/'))),
             auth_token: Some(p.auth_token.clone()),
             attrs: Self::fill_attrs(p),
-        };
-        build_pkpass(&req, &cfg.identity).map_err(|e| IssueError::BadRequest(e.to_string()))
+        })
+    }
+
+    /// Refuses a pass Wallet would refuse (renders and validates pass.json; signs nothing).
+    fn check(&self, p: &PassRecord) -> Result<(), IssueError> {
+        pass_json(&self.pass_request(p)?)
+            .map(drop)
+            .map_err(|e| IssueError::BadRequest(e.to_string()))
+    }
+
+    /// The signed .pkpass of a stored pass, as it is now.
+    pub fn pkpass(&self, p: &PassRecord) -> Result<Vec<u8>, IssueError> {
+        build_pkpass(&self.pass_request(p)?, &self.inner.cfg.identity)
+            .map_err(|e| IssueError::BadRequest(e.to_string()))
     }
 
     fn link_sig(&self, serial: &str, expires: i64) -> String {
+        let mac = self.mac(format!("{serial}\n{expires}").as_bytes());
+        mac.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn mac(&self, msg: &[u8]) -> Vec<u8> {
         let key = PKey::hmac(&self.inner.cfg.link_key).expect("HMAC key");
         let mut s = Signer::new(MessageDigest::sha256(), &key).expect("HMAC signer");
-        s.update(format!("{serial}\n{expires}").as_bytes())
-            .expect("HMAC update");
-        let mac = s.sign_to_vec().expect("HMAC");
-        mac.iter().map(|b| format!("{b:02x}")).collect()
+        s.update(msg).expect("HMAC update");
+        s.sign_to_vec().expect("HMAC")
+    }
+
+    /// `len` characters of `alphabet` derived from `parts` with the server's secret key: the same
+    /// parts give the same text (so a retried automation step finds what it made the first
+    /// time), and nobody without the key can guess it. `purpose` separates the uses.
+    pub fn derive(&self, purpose: &str, parts: &[&str], alphabet: &[u8], len: usize) -> String {
+        let mut msg = purpose.as_bytes().to_vec();
+        for p in parts {
+            msg.push(0);
+            msg.extend_from_slice(p.as_bytes());
+        }
+        let mac = self.mac(&msg);
+        // 256 bits of MAC, read as a big number in base `alphabet.len()`
+        let mut digits = mac;
+        let base = alphabet.len() as u32;
+        let mut out = String::with_capacity(len);
+        for _ in 0..len {
+            let mut rem = 0u32;
+            for d in digits.iter_mut() {
+                let cur = (rem << 8) | *d as u32;
+                *d = (cur / base) as u8;
+                rem = cur % base;
+            }
+            out.push(alphabet[rem as usize] as char);
+        }
+        out
     }
 
     /// A download link for `serial`, valid for the configured time: `(url, expires unix s)`.
@@ -280,7 +320,8 @@ impl Issuer {
         expires >= now_ms() / 1000 && same_secret(&self.link_sig(serial, expires), sig)
     }
 
-    fn google_url(&self, p: &PassRecord) -> Result<Option<String>, IssueError> {
+    /// A Google Wallet save URL for `p`, if Google Wallet is configured.
+    pub fn google_url(&self, p: &PassRecord) -> Result<Option<String>, IssueError> {
         let Some(g) = &self.inner.cfg.google else {
             return Ok(None);
         };
@@ -298,6 +339,15 @@ impl Issuer {
 
     /// Issues a pass: validates it by building it, stores it, emits `pass.issued`.
     pub async fn issue(&self, req: NewPass) -> Result<Issued, IssueError> {
+        Ok(self.issue_as(new_serial(), req).await?.0)
+    }
+
+    /// Issues a pass with serial `serial`. If that serial exists already (a retried automation
+    /// step), nothing is stored and the existing pass is returned with `false`.
+    pub async fn issue_as(&self, serial: String, req: NewPass) -> Result<(Issued, bool), IssueError> {
+        if !valid_id(&serial) {
+            return Err(IssueError::BadRequest(format!("serial \"{serial}\" is not 1–128 of A-Z a-z 0-9 _ -")));
+        }
         short(&req.customer, "customer")?;
         for (v, what) in [(&req.source, "source"), (&req.campaign, "campaign")] {
             if let Some(v) = v {
@@ -308,7 +358,7 @@ impl Issuer {
         check_attributes(&req.attributes)?;
         let now = now_ms();
         let p = PassRecord {
-            serial: new_serial(),
+            serial,
             program: req.program,
             customer: req.customer,
             attributes: req.attributes,
@@ -318,28 +368,43 @@ impl Issuer {
             source: req.source,
             campaign: req.campaign,
         };
-        self.pkpass(&p)?; // a pass Apple would refuse is refused here, before it is stored
-        let google_save_url = self.google_url(&p)?;
-        self.inner.registry.create_pass(&p).await?;
-        let e = Event::new(EventType::PassIssued, format!("issued-{}", p.serial), now)
-            .with("pass", Some(&p.serial))
-            .with("program", Some(&p.program))
-            .with("customer", Some(&p.customer))
-            .with("source", p.source.as_deref())
-            .with("campaign", p.campaign.as_deref());
+        self.check(&p)?; // a pass Apple would refuse is refused here, before it is stored
+        let (p, created) = match self.inner.registry.create_pass(&p).await {
+            Ok(()) => (p, true),
+            // another instance, or an earlier attempt, stored it first
+            Err(RegistryError::Exists(_)) => (self.pass(&p.serial)?, false),
+            Err(e) => return Err(e.into()),
+        };
+        // emitted again for an existing pass: an attempt that stored the pass may have failed
+        // before its event reached the bus (same id, so it is counted once)
+        let e = Event::new(
+            EventType::PassIssued,
+            format!("issued-{}", p.serial),
+            p.created_at,
+        )
+        .with("pass", Some(&p.serial))
+        .with("program", Some(&p.program))
+        .with("customer", Some(&p.customer))
+        .with("source", p.source.as_deref())
+        .with("campaign", p.campaign.as_deref());
         self.inner
             .bus
             .emit(&e)
             .await
             .map_err(IssueError::Unavailable)?;
+        Ok((self.issued(&p)?, created))
+    }
+
+    /// What issuing `p` returns: fresh download and save links.
+    fn issued(&self, p: &PassRecord) -> Result<Issued, IssueError> {
         let (download_url, download_expires) = self.download_url(&p.serial);
         Ok(Issued {
-            serial: p.serial,
-            program: p.program,
-            customer: p.customer,
+            serial: p.serial.clone(),
+            program: p.program.clone(),
+            customer: p.customer.clone(),
             download_url,
             download_expires,
-            google_save_url,
+            google_save_url: self.google_url(p)?,
         })
     }
 
@@ -361,7 +426,7 @@ impl Issuer {
         let mut candidate = before.clone();
         merge(&mut candidate.attributes, &attributes);
         check_attributes(&candidate.attributes)?;
-        self.pkpass(&candidate)?; // refuse an update that would make an invalid pass
+        self.check(&candidate)?; // refuse an update that would make an invalid pass
         let now = now_ms();
         let p = self
             .inner
@@ -408,11 +473,7 @@ impl Issuer {
             PatchOutcome::NotSaved => (EventType::PushFailed, "pushfail", Some("not-saved")),
             PatchOutcome::Failed(e) => (EventType::PushFailed, "pushfail", Some(e.as_str())),
         };
-        let e = Event::new(kind, format!("{prefix}-{id}"), now)
-            .with("pass", Some(&p.serial))
-            .with("device", Some(GOOGLE_DEVICE))
-            .with("platform", Some("google"))
-            .with("program", Some(&p.program))
+        let e = device_event(kind, format!("{prefix}-{id}"), p, GOOGLE_DEVICE, now)
             .with("result", reason);
         self.inner.bus.emit_logged(&e).await;
         Some(match outcome {
@@ -521,11 +582,7 @@ impl Issuer {
         for (r, outcome) in outcomes {
             let id = format!("{}-{}-{}", p.serial, r.device, p.update_tag);
             let base = |kind: EventType, prefix: &str| {
-                Event::new(kind, format!("{prefix}-{id}"), now)
-                    .with("pass", Some(&p.serial))
-                    .with("device", Some(&r.device))
-                    .with("platform", Some("apple"))
-                    .with("program", Some(&p.program))
+                device_event(kind, format!("{prefix}-{id}"), p, &r.device, now)
             };
             match outcome {
                 PushOutcome::Sent => {
@@ -549,10 +606,7 @@ impl Issuer {
                         if let Err(e) = self.inner.registry.unregister(&r.serial, &r.device).await {
                             tracing::warn!(error = %e, "dropping a gone registration");
                         }
-                        let e = Event::new(EventType::DeviceGone, format!("gone-{id}"), now)
-                            .with("pass", Some(&p.serial))
-                            .with("device", Some(&r.device))
-                            .with("platform", Some("apple"));
+                        let e = base(EventType::DeviceGone, "gone");
                         self.inner.bus.emit_logged(&e).await;
                     } else {
                         report.failed += 1;
@@ -645,37 +699,32 @@ impl Issuer {
             _ => "unknown".into(),
         };
         let now = now_ms();
-        let e = Event::new(
-            EventType::PassFetched,
-            format!("fetched-{}-{}-{now}", p.serial, p.update_tag),
-            now,
-        )
-        .with("pass", Some(&p.serial))
-        .with("device", Some(&device))
-        .with("platform", Some("apple"))
-        .with("program", Some(&p.program));
+        let id = format!("fetched-{}-{}-{now}", p.serial, p.update_tag);
+        let e = device_event(EventType::PassFetched, id, p, &device, now);
         self.inner.bus.emit_logged(&e).await;
         Ok(bytes)
     }
 }
 
-/// An Apple device's install/uninstall of `p`; the id names what happened and when.
-fn wallet_event(kind: EventType, p: &PassRecord, device: &str, now: i64) -> Event {
+/// An event about `p` on `device` (the platform follows from the device: [`GOOGLE_DEVICE`] is
+/// Google Wallet, any other an Apple device).
+fn device_event(kind: EventType, id: String, p: &PassRecord, device: &str, now: i64) -> Event {
     let platform = if device == GOOGLE_DEVICE {
         "google"
     } else {
         "apple"
     };
-    Event::new(
-        kind,
-        format!("{}-{}-{device}-{now}", kind.as_str(), p.serial),
-        now,
-    )
-    .with("pass", Some(&p.serial))
-    .with("device", Some(device))
-    .with("platform", Some(platform))
-    .with("program", Some(&p.program))
-    .with("customer", Some(&p.customer))
+    Event::new(kind, id, now)
+        .with("pass", Some(&p.serial))
+        .with("device", Some(device))
+        .with("platform", Some(platform))
+        .with("program", Some(&p.program))
+}
+
+/// A wallet's install/uninstall of `p`; the id names what happened and when.
+fn wallet_event(kind: EventType, p: &PassRecord, device: &str, now: i64) -> Event {
+    let id = format!("{}-{}-{device}-{now}", kind.as_str(), p.serial);
+    device_event(kind, id, p, device, now).with("customer", Some(&p.customer))
 }
 
 /// Merges `changes` into `attrs`; a `null` value removes the attribute.

@@ -155,7 +155,7 @@ impl TableProvider for EventsTable {
             Some(p) => self.schema().project(p)?,
             None => self.schema().as_ref().clone(),
         });
-        let batches = snap.sealed.len() + snap.tail.is_some() as usize;
+        let batches = snap.batch_count();
         let parts: Vec<Arc<dyn PartitionStream>> = (0..n.min(batches.max(1)))
             .map(|p| {
                 Arc::new(HotPartition {
@@ -200,19 +200,8 @@ impl PartitionStream for HotPartition {
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let snap = self.snap.clone();
         let projection = self.projection.clone();
-        let batches = self.batches.clone().into_iter().map(move |i| {
-            let p = projection.as_deref();
-            Ok(match snap.sealed.get(i) {
-                Some(b) => b.decode(p),
-                None => {
-                    let t = snap.tail.as_ref().expect("index past sealed is the tail");
-                    match p {
-                        Some(p) => t.project(p)?,
-                        None => t.clone(),
-                    }
-                }
-            })
-        });
+        let batches = (self.batches.clone().into_iter())
+            .map(move |i| Ok(snap.batch(i, projection.as_deref())));
         Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             futures::stream::iter(batches),

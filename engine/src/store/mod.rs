@@ -59,14 +59,22 @@ impl HotSnapshot {
         &'a self,
         projection: Option<&'a [usize]>,
     ) -> impl Iterator<Item = RecordBatch> + 'a {
-        let tail = self.tail.iter().map(move |t| match projection {
-            Some(p) => t.project(p).expect("projection indexes the events schema"),
-            None => t.clone(),
-        });
-        self.sealed
-            .iter()
-            .map(move |b| b.decode(projection))
-            .chain(tail)
+        (0..self.batch_count()).map(move |i| self.batch(i, projection))
+    }
+
+    /// Batches held in memory: the sealed ones, then the tail if any.
+    pub fn batch_count(&self) -> usize {
+        self.sealed.len() + self.tail.is_some() as usize
+    }
+
+    /// Batch `i` (`< batch_count()`), decoded, with only the `projection` columns.
+    pub fn batch(&self, i: usize, projection: Option<&[usize]>) -> RecordBatch {
+        match (self.sealed.get(i), &self.tail, projection) {
+            (Some(b), _, _) => b.decode(projection),
+            (None, Some(t), Some(p)) => t.project(p).expect("projection indexes the events schema"),
+            (None, Some(t), None) => t.clone(),
+            (None, None, _) => panic!("batch {i} of {}", self.batch_count()),
+        }
     }
 
     /// Rows held in memory.

@@ -26,8 +26,8 @@ use arrow::array::{
 use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::compute::filter;
 use arrow::datatypes::{
-    DataType, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampMillisecondType, UInt8Type,
-    UInt16Type, UInt64Type,
+    DataType, Float64Type, SchemaRef, TimeUnit, TimestampMillisecondType, UInt8Type, UInt16Type,
+    UInt64Type,
 };
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 
@@ -77,7 +77,7 @@ impl Narrow {
 enum Column {
     /// Stored as it came.
     Plain(ArrayRef),
-    /// A non-null `UInt64` or `Int64`-backed (timestamp) column as frame of reference.
+    /// A non-null `UInt64` or millisecond timestamp column as frame of reference.
     Offsets {
         base: u64,
         offsets: Narrow,
@@ -102,13 +102,8 @@ impl Column {
             DataType::UInt64 if a.null_count() == 0 => {
                 Self::offsets(a.as_primitive::<UInt64Type>().values(), a)
             }
-            DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64
-                if a.null_count() == 0 =>
-            {
-                let v: &[i64] = match a.data_type() {
-                    DataType::Int64 => a.as_primitive::<Int64Type>().values(),
-                    _ => a.as_primitive::<TimestampMillisecondType>().values(),
-                };
+            DataType::Timestamp(TimeUnit::Millisecond, _) if a.null_count() == 0 => {
+                let v = a.as_primitive::<TimestampMillisecondType>().values();
                 // order-preserving map of i64 onto u64, so min/max and offsets are unsigned
                 let u: Vec<u64> = v.iter().map(|&x| (x as u64) ^ (1 << 63)).collect();
                 Self::offsets(&u, a)
@@ -152,8 +147,10 @@ impl Column {
     /// Frame of reference over `v` (the column's values as order-preserving `u64`); the
     /// column `a` as it is when its range needs 64 bits.
     fn offsets(v: &[u64], a: &ArrayRef) -> Column {
-        let min = v.iter().copied().min().unwrap_or(0);
-        let max = v.iter().copied().max().unwrap_or(0);
+        let (min, max) = v
+            .iter()
+            .fold((u64::MAX, 0), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let min = min.min(max); // empty: (0, 0)
         match Narrow::new(v.iter().map(|&x| x - min), max - min) {
             Some(offsets) => Column::Offsets {
                 base: min,
@@ -213,16 +210,13 @@ impl Column {
                 let v = offsets.widen(*base);
                 match data_type {
                     DataType::UInt64 => Arc::new(PrimitiveArray::<UInt64Type>::new(v, None)),
-                    dt => {
+                    timestamp => {
                         let i: ScalarBuffer<i64> =
                             v.iter().map(|&x| (x ^ (1 << 63)) as i64).collect();
-                        match dt {
-                            DataType::Int64 => Arc::new(PrimitiveArray::<Int64Type>::new(i, None)),
-                            _ => Arc::new(
-                                PrimitiveArray::<TimestampMillisecondType>::new(i, None)
-                                    .with_data_type(dt.clone()),
-                            ),
-                        }
+                        Arc::new(
+                            PrimitiveArray::<TimestampMillisecondType>::new(i, None)
+                                .with_data_type(timestamp.clone()),
+                        )
                     }
                 }
             }

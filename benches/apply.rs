@@ -16,6 +16,7 @@ use std::process::Command;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use passpulse_engine::dedup::Dedup;
 use passpulse_engine::event::decode_message;
+use passpulse_engine::persist::{write_sorted, writer_properties};
 use passpulse_engine::store::{HotStore, MAX_BATCH_ROWS, SealedBatch};
 use passpulse_engine::{DecodedBatch, Engine, EngineConfig, EngineWriter, new_engine};
 
@@ -135,6 +136,28 @@ fn benches(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("encode", |b| b.iter(|| SealedBatch::encode(plain.clone())));
     g.bench_function("decode", |b| b.iter(|| sealed.decode(None)));
+    g.finish();
+
+    // a flush: every sealed batch of 400,000 events decoded, sorted and written as Parquet
+    // (ZSTD, page statistics, the production writer settings), one file per UTC day
+    let mut store = HotStore::new(std::time::Duration::from_secs(3600));
+    for e in first.iter().chain(second.iter()) {
+        store.append(&e, 1);
+    }
+    let sealed = store.take_for_flush();
+    let props = writer_properties(524_288, 3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut g = c.benchmark_group("persist");
+    g.throughput(Throughput::Elements(2 * EVENTS as u64));
+    g.sample_size(10);
+    let mut round = 0;
+    g.bench_function("flush", |b| {
+        b.iter(|| {
+            round += 1;
+            let batches: Vec<_> = sealed.iter().map(|b| b.decode(None)).collect();
+            write_sorted(dir.path(), &format!("part-{round}"), &batches, &props).expect("flush")
+        })
+    });
     g.finish();
 }
 

@@ -31,6 +31,7 @@ pub struct Config {
     pub ingest: IngestSection,
     pub storage: StorageSection,
     pub issuer: crate::issuer_setup::IssuerSection,
+    pub automation: crate::automation_setup::AutomationSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +144,7 @@ impl Default for Config {
             ingest: IngestSection::default(),
             storage: StorageSection::default(),
             issuer: Default::default(),
+            automation: Default::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ use passpulse_engine::persist::PersistMetrics;
 use passpulse_engine::{Engine, event::Reason};
 use passpulse_ingest::IngestMetrics;
 use passpulse_ingest::intake::{self, IntakeState};
+use passpulse_issuer::automation::http::AutomationSlot;
 use passpulse_issuer::http::IssuerSlot;
 use passpulse_query::{QueryMetrics, QueryState, error_response};
 use subtle::ConstantTimeEq;
@@ -32,6 +33,7 @@ pub fn app(
     query: QueryState,
     intake: IntakeState,
     issuer: Option<IssuerSlot>,
+    automation: Option<AutomationSlot>,
     auth_token: Option<String>,
     max_body: usize,
 ) -> Router {
@@ -53,6 +55,10 @@ pub fn app(
     if let Some(i) = issuer {
         // wallets and download links carry their own credentials, not the bearer token
         router = router.merge(passpulse_issuer::http::public_router(i));
+    }
+    if let Some(a) = automation {
+        // short links: the code is the credential
+        router = router.merge(passpulse_issuer::automation::http::router(a));
     }
     router
 }

@@ -2,6 +2,7 @@
 //! `publish` (load generator), `query` (SQL client) and `bench` (throughput).
 
 mod admin;
+mod automation_setup;
 mod bench;
 mod config;
 mod demo;
@@ -50,9 +51,26 @@ enum Command {
     /// Certificates for signing passes.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Automation flows.
+    #[command(subcommand)]
+    Flows(FlowsCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FlowsCommand {
+    /// Validate a flows file (TOML) against the pass templates; exits non-zero on an error.
+    Check(FlowsCheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FlowsCheckArgs {
+    file: PathBuf,
+    /// Directory of pass templates the flows refer to.
+    #[arg(long, default_value = "data/templates")]
+    templates: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,6 +146,8 @@ enum BenchCommand {
     Restart(bench::RestartArgs),
     /// Signed .pkpass files per second beside the raw RSA-2048 rate; push fan-out rate.
     Issue(bench::IssueBenchArgs),
+    /// Points change on the bus → APNs push: latency and burst rate through the automation.
+    Automation(bench::AutomationBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -152,6 +172,10 @@ fn main() -> Result<()> {
             Command::Bench(BenchCommand::Ingest(a)) => bench::ingest(a).await,
             Command::Bench(BenchCommand::Restart(a)) => bench::restart(a).await,
             Command::Bench(BenchCommand::Issue(a)) => bench::issue(a).await,
+            Command::Bench(BenchCommand::Automation(a)) => bench::automation(a).await,
+            Command::Flows(FlowsCommand::Check(a)) => {
+                automation_setup::check(&a.file, &a.templates)
+            }
             Command::Inspect(a) => admin::inspect(a),
             Command::Compact(a) => admin::compact(a),
             Command::Issue(a) => issue_cmd::issue(a),

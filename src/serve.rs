@@ -73,13 +73,19 @@ pub async fn serve(cfg: Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.http))?;
     let addr = listener.local_addr()?;
     let default_templates = cfg.issuer.templates == std::path::Path::new("data/templates");
+    let mut automation = None;
     let issuer = if cfg.issuer.enabled && default_templates && !cfg.issuer.templates.is_dir() {
         tracing::warn!(
             "issuer off: no data/templates here (run from the repository, or set [issuer] templates)"
         );
+        if cfg.automation.flows.is_some() {
+            anyhow::bail!("[automation] needs the issuer: set [issuer] templates");
+        }
         None
     } else if cfg.issuer.enabled {
         let (icfg, push) = crate::issuer_setup::build(&cfg.issuer, &cfg.data_dir, addr)?;
+        let prepared = crate::automation_setup::prepare(&cfg.automation, &icfg.templates)?;
+        automation = prepared.as_ref().map(|p| p.slot.clone());
         let slot = IssuerSlot::default();
         let (js, bus, fill) = (js.clone(), bus.clone(), slot.clone());
         let demo = cfg.demo;
@@ -90,9 +96,17 @@ pub async fn serve(cfg: Config) -> Result<()> {
             loop {
                 match Registry::open(&js).await {
                     Ok(registry) => {
-                        let issuer = Issuer::new(icfg, registry, Lifecycle::new(js, bus), push);
+                        let issuer = Issuer::new(
+                            icfg,
+                            registry,
+                            Lifecycle::new(js.clone(), bus.clone()),
+                            push,
+                        );
                         fill.set(issuer.clone());
                         info!("issuer ready");
+                        if let Some(p) = prepared {
+                            crate::automation_setup::start(p, issuer.clone(), js, bus).await;
+                        }
                         if demo {
                             crate::demo::sample_passes(issuer).await;
                         }
@@ -108,6 +122,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
         });
         Some(slot)
     } else {
+        if cfg.automation.flows.is_some() {
+            anyhow::bail!("[automation] needs the issuer: it is disabled");
+        }
         None
     };
     let router = app(
@@ -128,6 +145,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
             metrics: ingest_metrics,
         },
         issuer.clone(),
+        automation,
         cfg.auth_token.clone(),
         cfg.ingest.max_body_mb << 20,
     );

@@ -5,32 +5,13 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Nats, Server, eventually};
+use common::{Nats, Server, eventually, pass_json};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "passkit-test-bearer-token-0123";
 const PASS_TYPE: &str = "pass.dev.passpulse";
-
-/// pass.json out of a .pkpass (Python's zipfile: an independent reader).
-fn pass_json(pkpass: &[u8]) -> Value {
-    let mut py = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, zipfile, io; print(zipfile.ZipFile(io.BytesIO(sys.stdin.buffer.read())).read('pass.json').decode())",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    py.stdin.take().unwrap().write_all(pkpass).unwrap();
-    let out = py.wait_with_output().unwrap();
-    assert!(out.status.success(), "not a zip with pass.json");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_passkit_flow_over_http_becomes_counted_events() {

@@ -126,7 +126,8 @@ async fn post_accepts_json_and_plain_sql() {
             "events",
             "funnel",
             "install_base",
-            "location_peaks"
+            "location_peaks",
+            "segments"
         ]
     );
 }

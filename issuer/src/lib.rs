@@ -1,8 +1,10 @@
 //! passpulse issuer: pass templates, signed Apple Wallet `.pkpass` files and the certificates
 //! that sign them, Google Wallet save links, the pass registry (JetStream key-value), the
-//! issuing API and Apple's PassKit web service, and APNs update pushes. Every lifecycle signal it
-//! sees goes on the event bus for the engine to count.
+//! issuing API and Apple's PassKit web service, APNs update pushes, and the automation flows that
+//! issue, deliver and update passes from bus events. Every lifecycle signal it sees goes on the
+//! event bus for the engine to count.
 
+pub mod automation;
 pub mod certs;
 pub mod google;
 pub mod google_api;

@@ -344,9 +344,15 @@ impl Issuer {
 
     /// Issues a pass with serial `serial`. If that serial exists already (a retried automation
     /// step), nothing is stored and the existing pass is returned with `false`.
-    pub async fn issue_as(&self, serial: String, req: NewPass) -> Result<(Issued, bool), IssueError> {
+    pub async fn issue_as(
+        &self,
+        serial: String,
+        req: NewPass,
+    ) -> Result<(Issued, bool), IssueError> {
         if !valid_id(&serial) {
-            return Err(IssueError::BadRequest(format!("serial \"{serial}\" is not 1–128 of A-Z a-z 0-9 _ -")));
+            return Err(IssueError::BadRequest(format!(
+                "serial \"{serial}\" is not 1–128 of A-Z a-z 0-9 _ -"
+            )));
         }
         short(&req.customer, "customer")?;
         for (v, what) in [(&req.source, "source"), (&req.campaign, "campaign")] {

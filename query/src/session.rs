@@ -17,6 +17,17 @@ use passpulse_engine::{Engine, TableName};
 
 use crate::tables::{EventsTable, LiveTable};
 
+/// Views over `events` registered with every session: (name, SQL).
+pub const VIEWS: [(&str, &str); 1] = [(
+    "segments",
+    // each member's newest `segment.entered` (event time, then stream order) is where they are
+    "SELECT program, customer, segment, since FROM (\
+       SELECT program, customer, result AS segment, ts AS since, \
+              row_number() OVER (PARTITION BY program, customer ORDER BY ts DESC, seq DESC) AS rn \
+       FROM events WHERE type = 'segment.entered') \
+     WHERE rn = 1",
+)];
+
 /// Limits and sizing of the query service.
 #[derive(Debug, Clone)]
 pub struct QueryConfig {
@@ -144,6 +155,18 @@ impl QueryService {
             reg(
                 t.as_str(),
                 Arc::new(LiveTable::aggregate(engine.clone(), t)),
+            )?;
+        }
+        for (name, sql) in VIEWS {
+            // planning only reads table schemas: no I/O, so it can be driven here
+            let plan = futures::executor::block_on(ctx.state().create_logical_plan(sql))
+                .map_err(|e| QueryError::Internal(format!("view {name}: {e}")))?;
+            reg(
+                name,
+                Arc::new(datafusion::datasource::ViewTable::new(
+                    plan,
+                    Some(sql.into()),
+                )),
             )?;
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()

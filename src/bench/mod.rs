@@ -2,10 +2,12 @@
 //! temporary directory unless `--nats-url` is given), on a fresh stream of generated events.
 //! Timing lives here, never in pass/fail tests.
 
+mod automation;
 mod ingest;
 mod issue;
 mod restart;
 
+pub use automation::{AutomationBenchArgs, automation};
 pub use ingest::{IngestArgs, ingest};
 pub use issue::{IssueBenchArgs, issue};
 pub use restart::{RestartArgs, restart};

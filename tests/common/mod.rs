@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -358,4 +359,21 @@ pub async fn js_publish(js: &async_nats::jetstream::Context, subject: &str, payl
         .unwrap()
         .await
         .unwrap();
+}
+
+/// pass.json out of a .pkpass (Python's zipfile: an independent reader).
+pub fn pass_json(pkpass: &[u8]) -> Value {
+    let mut py = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile, io; print(zipfile.ZipFile(io.BytesIO(sys.stdin.buffer.read())).read('pass.json').decode())",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    py.stdin.take().unwrap().write_all(pkpass).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(out.status.success(), "not a zip with pass.json");
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -13,16 +13,48 @@ const N: usize = EventType::COUNT;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct TypeCounts {
-    pub(crate) totals: [u64; N],
-    minutes: AHashMap<i64, [u32; N]>,
+    pub(crate) totals: PerType<u64>,
+    minutes: AHashMap<i64, PerType<u32>>,
     pruned_to: i64,
+}
+
+/// One counter per event type, serialised as a length-prefixed sequence: a snapshot written
+/// before a type was added (a shorter sequence) loads with the new types at zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerType<T>(pub [T; N]);
+
+impl<T: Default + Copy> Default for PerType<T> {
+    fn default() -> Self {
+        PerType([T::default(); N])
+    }
+}
+
+impl<T: Serialize> Serialize for PerType<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.as_slice().serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Default + Copy> Deserialize<'de> for PerType<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v: Vec<T> = Vec::deserialize(d)?;
+        if v.len() > N {
+            return Err(serde::de::Error::custom(format!(
+                "{} per-type counters, this version knows {N} types",
+                v.len()
+            )));
+        }
+        let mut out = Self::default();
+        out.0[..v.len()].copy_from_slice(&v);
+        Ok(out)
+    }
 }
 
 impl TypeCounts {
     pub fn apply(&mut self, kind: EventType, ts: i64) {
         let i = kind.index();
-        self.totals[i] += 1;
-        self.minutes.entry(time::minute(ts)).or_insert([0; N])[i] += 1;
+        self.totals.0[i] += 1;
+        self.minutes.entry(time::minute(ts)).or_default().0[i] += 1;
     }
 
     pub fn prune(&mut self, watermark: i64) {
@@ -36,7 +68,7 @@ impl TypeCounts {
     }
 
     pub fn total(&self) -> u64 {
-        self.totals.iter().sum()
+        self.totals.0.iter().sum()
     }
 
     /// (minute start millis, type, count) for every non-zero bucket, ordered by minute then type.
@@ -51,7 +83,7 @@ impl TypeCounts {
         keys.sort_unstable();
         let mut out = Vec::new();
         for m in keys {
-            for (i, c) in self.minutes[&m].iter().enumerate() {
+            for (i, c) in self.minutes[&m].0.iter().enumerate() {
                 if *c > 0 {
                     out.push((m * time::MINUTE_MS, EventType::ALL[i], *c as u64));
                 }
@@ -78,6 +110,23 @@ mod tests {
         );
         c.prune(30 * time::DAY_MS);
         assert!(c.per_minute(0).is_empty());
-        assert_eq!(c.totals[EventType::Scan.index()], 2);
+        assert_eq!(c.totals.0[EventType::Scan.index()], 2);
+    }
+
+    #[test]
+    fn counters_written_with_fewer_types_load_with_the_new_ones_at_zero() {
+        let old: Vec<u64> = (1..=17).collect();
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let p: PerType<u64> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(&p.0[..17], old.as_slice());
+        assert!(p.0[17..].iter().all(|c| *c == 0));
+        let round: PerType<u64> =
+            postcard::from_bytes(&postcard::to_allocvec(&p).unwrap()).unwrap();
+        assert_eq!(round, p);
+        let too_many: Vec<u64> = vec![1; N + 1];
+        assert!(
+            postcard::from_bytes::<PerType<u64>>(&postcard::to_allocvec(&too_many).unwrap())
+                .is_err()
+        );
     }
 }

@@ -69,6 +69,6 @@ impl Aggregates {
     }
 
     pub fn count_of(&self, t: EventType) -> u64 {
-        self.counts.totals[t.index()]
+        self.counts.totals.0[t.index()]
     }
 }

@@ -505,6 +505,12 @@ fn validate(
     }
 
     for f in kind.required() {
+        if *f == Field::Result {
+            if result.is_none() {
+                return Err(missing(index, f.name(), &format!("required for {kind}")));
+            }
+            continue;
+        }
         let k = match f {
             Field::Pass => 3,
             Field::Program => 4,
@@ -515,6 +521,7 @@ fn validate(
             Field::Operator => 9,
             Field::Source => 10,
             Field::Offer => 12,
+            Field::Result => unreachable!("checked above"),
         };
         if !present[k] {
             return Err(missing(index, f.name(), &format!("required for {kind}")));

@@ -1,7 +1,9 @@
 //! The closed set of event types of wire format v1 and the fields each one requires.
 //!
-//! Adding a type means adding a variant here; every table, counter and metric that is keyed by
-//! type iterates [`EventType::ALL`], so nothing else has to be touched to count it.
+//! Adding a type means adding a variant here, at the end; every table, counter and metric that is
+//! keyed by type iterates [`EventType::ALL`], so nothing else has to be touched to count it, and
+//! per-type counters are stored with their length, so a checkpoint written before a type was
+//! added still loads (the new type starts at zero).
 
 use std::fmt;
 
@@ -26,6 +28,9 @@ pub enum EventType {
     ContactUpdated,
     OptinRequested,
     OptinConfirmed,
+    SegmentEntered,
+    MessageSent,
+    MessageFailed,
 }
 
 /// Optional fields that some types require (besides `id`, `type`, `ts`, which all require).
@@ -40,6 +45,7 @@ pub enum Field {
     Operator,
     Source,
     Offer,
+    Result,
 }
 
 impl Field {
@@ -54,13 +60,14 @@ impl Field {
             Field::Operator => "operator",
             Field::Source => "source",
             Field::Offer => "offer",
+            Field::Result => "result",
         }
     }
 }
 
 impl EventType {
     /// Number of event types; arrays indexed by `type as usize` have this length.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 20;
 
     pub const ALL: [EventType; Self::COUNT] = [
         EventType::PassIssued,
@@ -80,6 +87,9 @@ impl EventType {
         EventType::ContactUpdated,
         EventType::OptinRequested,
         EventType::OptinConfirmed,
+        EventType::SegmentEntered,
+        EventType::MessageSent,
+        EventType::MessageFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +111,9 @@ impl EventType {
             EventType::ContactUpdated => "contact.updated",
             EventType::OptinRequested => "optin.requested",
             EventType::OptinConfirmed => "optin.confirmed",
+            EventType::SegmentEntered => "segment.entered",
+            EventType::MessageSent => "message.sent",
+            EventType::MessageFailed => "message.failed",
         }
     }
 
@@ -129,6 +142,8 @@ impl EventType {
             | EventType::ContactUpdated
             | EventType::OptinRequested
             | EventType::OptinConfirmed => &[Customer],
+            EventType::SegmentEntered => &[Customer, Program, Result],
+            EventType::MessageSent | EventType::MessageFailed => &[Customer, Source],
         }
     }
 

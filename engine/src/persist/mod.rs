@@ -34,7 +34,7 @@ pub use checkpoint::{Checkpoint, CheckpointError, SegmentRef, read_checkpoint};
 pub use flusher::{CompactReport, FlushDone, FlushJob, Flusher, compact_dir};
 pub use inspect::{Inspection, inspect};
 pub use lock::DirLock;
-pub use parquet::{read_file, write_sorted};
+pub use parquet::{read_file, write_sorted, writer_properties};
 pub use recover::{Recovered, recover};
 
 /// Where and how the engine persists.

@@ -16,7 +16,7 @@ use std::process::Command;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use passpulse_engine::dedup::Dedup;
 use passpulse_engine::event::decode_message;
-use passpulse_engine::persist::{write_sorted, writer_properties};
+use passpulse_engine::persist::{PersistConfig, write_sorted, writer_properties};
 use passpulse_engine::store::{HotStore, MAX_BATCH_ROWS, SealedBatch};
 use passpulse_engine::{DecodedBatch, Engine, EngineConfig, EngineWriter, new_engine};
 
@@ -139,13 +139,14 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     // a flush: every sealed batch of 400,000 events decoded, sorted and written as Parquet
-    // (ZSTD, page statistics, the production writer settings), one file per UTC day
+    // with the production writer settings, one file per UTC day
     let mut store = HotStore::new(std::time::Duration::from_secs(3600));
     for e in first.iter().chain(second.iter()) {
         store.append(&e, 1);
     }
     let sealed = store.take_for_flush();
-    let props = writer_properties(524_288, 3);
+    let defaults = PersistConfig::new("");
+    let props = writer_properties(defaults.row_group_rows, defaults.zstd_level);
     let dir = tempfile::tempdir().expect("temp dir");
     let mut g = c.benchmark_group("persist");
     g.throughput(Throughput::Elements(2 * EVENTS as u64));

@@ -47,21 +47,22 @@ pub fn check(file: &Path, templates: &Path) -> Result<()> {
     let f = load_flows(file, &t)?;
     println!("{}: {} flows OK", file.display(), f.flows.len());
     for flow in &f.flows {
+        let channels: Vec<&str> = flow.channels.iter().map(|c| c.as_str()).collect();
         println!(
-            "  {:<24} on {:<20} {:?} via {}",
+            "  {:<24} on {:<20} {:<14} {}",
             flow.name,
             flow.trigger,
-            flow.action,
-            flow.channels
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join("+")
+            flow.action.as_str(),
+            if channels.is_empty() {
+                String::new()
+            } else {
+                format!("via {}", channels.join(" + "))
+            }
         );
     }
     if let Some(s) = &f.segments {
         println!(
-            "  segments of {}: active within {}",
+            "  segments of {}: active within {} of event time",
             s.program,
             humantime::format_duration(s.active_within)
         );

@@ -1,6 +1,6 @@
 //! Parquet files of the `events` table: rows sorted by (ts, seq), split into one file per UTC
-//! day (`events/date=YYYY-MM-DD/`), ZSTD-compressed, with page statistics and the sort order
-//! recorded, so time filters prune files, row groups and pages. The Arrow schema is embedded, so
+//! day (`events/date=YYYY-MM-DD/`), ZSTD-compressed, with page statistics of the time columns
+//! and the sort order recorded, so time filters prune files, row groups and pages. The Arrow schema is embedded, so
 //! dictionary columns read back as dictionaries; DuckDB, pyarrow or Spark read the files as they
 //! are.
 
@@ -29,6 +29,12 @@ const TS: usize = 4;
 /// Rows interleaved per step: within the 16-bit dictionary keys, so merging the dictionaries of
 /// many source batches can never overflow.
 const CHUNK_ROWS: usize = u16::MAX as usize;
+
+/// Columns written without min/max statistics (every column but `seq`, `ingested_at`, `ts`).
+const NO_STATISTICS: [&str; 15] = [
+    "id", "type", "pass", "program", "customer", "device", "platform", "location", "operator",
+    "source", "campaign", "offer", "value", "result", "attrs",
+];
 
 /// Writer settings for events files.
 pub fn writer_properties(row_group_rows: usize, zstd_level: i32) -> WriterProperties {
@@ -62,6 +68,17 @@ pub fn writer_properties(row_group_rows: usize, zstd_level: i32) -> WriterProper
     b = b
         .set_column_dictionary_enabled(id.clone(), false)
         .set_column_encoding(id, Encoding::DELTA_BYTE_ARRAY);
+    // serials, customer and device ids have as many values as rows have owners: interning each
+    // value costs more than the few bytes a page dictionary saves after ZSTD
+    for name in ["pass", "customer", "device"] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(name), false);
+    }
+    // min/max of the other columns cannot prune: files and pages are cut by time, so each holds
+    // every type, location and programme of its period, and ids spread over the whole range.
+    // Computing them (two string comparisons per value and column) was a sixth of a flush.
+    for name in NO_STATISTICS {
+        b = b.set_column_statistics_enabled(ColumnPath::from(name), EnabledStatistics::None);
+    }
     b.build()
 }
 
@@ -82,7 +99,10 @@ pub fn write_sorted(
             keys.push((ts.value(r), seq.value(r), bi as u32, r as u32));
         }
     }
-    keys.sort_unstable();
+    // events usually arrive in time order: then the keys are sorted already
+    if !keys.is_sorted() {
+        keys.sort_unstable();
+    }
     // Events usually arrive in time order: then each day is a run of whole rows of the input,
     // written as zero-copy slices instead of gathered row by row.
     let in_order = keys.windows(2).all(|w| (w[0].2, w[0].3) < (w[1].2, w[1].3));

@@ -51,6 +51,16 @@ pub enum Action {
     ConfirmOptin,
 }
 
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::IssuePass => "issue_pass",
+            Action::UpdatePass => "update_pass",
+            Action::ConfirmOptin => "confirm_optin",
+        }
+    }
+}
+
 /// Delivery channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -175,21 +175,27 @@ impl Automation {
             .map(|t| bus.event_subject(t))
             .collect();
         subjects.push(bus.batch_subject());
-        stream
-            .get_or_create_consumer(
-                CONSUMER,
-                pull::Config {
-                    durable_name: Some(CONSUMER.into()),
-                    description: Some("passpulse automation flows".into()),
-                    deliver_policy: DeliverPolicy::New,
-                    filter_subjects: subjects,
-                    ack_wait: Duration::from_secs(60),
-                    max_ack_pending: 1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| StepError(format!("automation consumer: {e}")))
+        let config = pull::Config {
+            durable_name: Some(CONSUMER.into()),
+            description: Some("passpulse automation flows".into()),
+            deliver_policy: DeliverPolicy::New,
+            filter_subjects: subjects,
+            ack_wait: Duration::from_secs(60),
+            max_ack_pending: 1,
+            ..Default::default()
+        };
+        // create, or update the filter when the flows changed (nats-server 2.10+; 2.9 knows
+        // no subject list, delivers every event and the flows skip what they do not use)
+        match stream.create_consumer(config).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "automation consumer not updated; using it as it is");
+                stream
+                    .get_consumer(CONSUMER)
+                    .await
+                    .map_err(|e| StepError(format!("automation consumer: {e}")))
+            }
+        }
     }
 
     /// Processes bus messages one at a time, in order, until the process ends.
@@ -317,7 +323,7 @@ impl Automation {
             Err(other) => return Err(other.into()),
         };
         if created {
-            tracing::info!(flow = %f.name, serial = %issued.serial, "automation issued a pass");
+            tracing::debug!(flow = %f.name, serial = %issued.serial, "automation issued a pass");
         }
         if let Some((_, s)) = &self.inner.segments {
             let out = {
@@ -443,7 +449,7 @@ impl Automation {
                 continue;
             };
             let Some(to) = contact.get(to_key).map(text_of).filter(|t| !t.is_empty()) else {
-                tracing::info!(flow = %f.name, customer, channel = channel.as_str(), "no address for this channel: not sent");
+                tracing::debug!(flow = %f.name, customer, channel = channel.as_str(), "no address for this channel: not sent");
                 continue;
             };
             let code = iss.derive(
@@ -484,6 +490,9 @@ impl Automation {
             ) else {
                 continue;
             };
+            if channel == Channel::Sms && !senders::single_sms_segment(&text) {
+                tracing::warn!(flow = %f.name, chars = text.chars().count(), "SMS longer than one segment (160 GSM-7 characters): it is sent as several, billed as several");
+            }
             let m = OutMessage {
                 id: iss.derive(
                     "message",

@@ -8,15 +8,17 @@
 //! once and no listing cache can hide them. Filters prune whole files by their recorded `ts` and
 //! `seq` ranges before the scan is built, then row groups and pages inside the Parquet reader.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BooleanArray};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::pruning::PrunableStatistics;
+use datafusion::common::pruning::{PrunableStatistics, PruningStatistics};
 use datafusion::common::stats::Precision;
-use datafusion::common::{DFSchema, Result, ScalarValue, Statistics};
+use datafusion::common::{Column, DFSchema, Result, ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -49,6 +51,44 @@ pub struct EventsTable {
 impl EventsTable {
     pub fn new(engine: Engine) -> Self {
         EventsTable { engine }
+    }
+}
+
+/// File statistics as the pruner sees them: `ts` and `seq` from the checkpoint, every other
+/// column unknown. (DataFusion's `PrunableStatistics` logs a warning per file list and query
+/// when asked for a column whose values are all unknown; this answers `None` without asking.)
+struct FileRanges(PrunableStatistics);
+
+impl FileRanges {
+    fn known(c: &Column) -> bool {
+        matches!(c.name(), "ts" | "seq")
+    }
+}
+
+impl PruningStatistics for FileRanges {
+    fn min_values(&self, c: &Column) -> Option<ArrayRef> {
+        Self::known(c).then(|| self.0.min_values(c)).flatten()
+    }
+
+    fn max_values(&self, c: &Column) -> Option<ArrayRef> {
+        Self::known(c).then(|| self.0.max_values(c)).flatten()
+    }
+
+    fn num_containers(&self) -> usize {
+        self.0.num_containers()
+    }
+
+    fn null_counts(&self, c: &Column) -> Option<ArrayRef> {
+        Self::known(c).then(|| self.0.null_counts(c)).flatten()
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        self.0.row_counts()
+    }
+
+    #[allow(clippy::mutable_key_type)] // the trait's signature
+    fn contained(&self, _c: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        None
     }
 }
 
@@ -91,7 +131,10 @@ impl EventsTable {
                 .with_file_schema(schema.clone())
                 .try_build(p.clone())
             {
-                Ok(pp) => pp.prune(&PrunableStatistics::new(stats.clone(), schema.clone()))?,
+                Ok(pp) => pp.prune(&FileRanges(PrunableStatistics::new(
+                    stats.clone(),
+                    schema.clone(),
+                )))?,
                 Err(_) => vec![true; files.files.len()],
             },
             None => vec![true; files.files.len()],

@@ -335,6 +335,15 @@ async fn flows_deliver_link_update_confirm_and_segment() {
         s.scalar(&format!("SELECT count(*) FROM events WHERE type = 'link.clicked' AND pass = '{serial}' AND campaign = 'loyalty-signup'")).await,
         3
     );
+    let click: Value = serde_json::from_str(
+        s.sql("SELECT attrs FROM events WHERE type = 'link.clicked' AND source = 'sms'")
+            .await[0]["attrs"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(click["channel"], "sms");
+    assert_eq!(click["agent"], "ios");
     assert_eq!(
         get_as(&format!("{}/l/zzzzzzzzzz", s.base), IPHONE)
             .await

@@ -84,6 +84,7 @@ async fn follow(
     let google_url = iss.google_url(&pass)?;
     let mut attrs = Map::new();
     attrs.insert("agent".into(), json!(agent.as_str()));
+    attrs.insert("channel".into(), json!(link.channel));
     attrs.insert("link".into(), json!(code));
     // every visit counts: a random id, so repeated clicks are separate events
     let id = format!("click-{code}-{}", random_suffix());

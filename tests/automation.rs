@@ -148,6 +148,42 @@ async fn get_as(link: &str, agent: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// A nats-server, the SMTP sink, the SMS provider and a configuration that uses them.
+struct Rig {
+    nats: Nats,
+    js: async_nats::jetstream::Context,
+    dir: tempfile::TempDir,
+    mail_dir: PathBuf,
+    smtp_port: u16,
+    smtp: Option<SmtpSink>,
+    sms: SmsLog,
+    config: PathBuf,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let nats = Nats::start();
+        let js = nats.js().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mail_dir = dir.path().join("mail");
+        std::fs::create_dir_all(&mail_dir).unwrap();
+        let smtp_port = free_port().unwrap();
+        let smtp = Some(SmtpSink::start(smtp_port, &mail_dir));
+        let (sms_url, sms) = sms_provider().await;
+        let config = write_config(dir.path(), smtp_port, &sms_url);
+        Rig {
+            nats,
+            js,
+            dir,
+            mail_dir,
+            smtp_port,
+            smtp,
+            sms,
+            config,
+        }
+    }
+}
+
 /// The server's configuration: the example flows, the SMTP sink and the SMS provider.
 fn write_config(dir: &Path, smtp_port: u16, sms_url: &str) -> PathBuf {
     let flows = dir.join("flows.toml");
@@ -217,16 +253,9 @@ fn now_ms() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_deliver_link_update_confirm_and_segment() {
-    let nats = Nats::start();
-    let js = nats.js().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mail_dir = dir.path().join("mail");
-    std::fs::create_dir_all(&mail_dir).unwrap();
-    let smtp_port = free_port().unwrap();
-    let mut smtp = Some(SmtpSink::start(smtp_port, &mail_dir));
-    let (sms_url, sms) = sms_provider().await;
-    let config = write_config(dir.path(), smtp_port, &sms_url);
-    let s = Server::start(Some(&nats), &["--config", config.to_str().unwrap()]).await;
+    let mut rig = Rig::start().await;
+    let (js, mail_dir, sms) = (rig.js.clone(), rig.mail_dir.clone(), rig.sms.clone());
+    let s = Server::start(Some(&rig.nats), &["--config", rig.config.to_str().unwrap()]).await;
     automation_ready(&s).await;
 
     // --- a loyalty sign-up, published twice (a producer's retry) plus a second sign-up event
@@ -462,7 +491,7 @@ async fn flows_deliver_link_update_confirm_and_segment() {
     assert_eq!(rate, 1.0);
 
     // --- an SMTP outage delays the email, loses nothing
-    smtp.take();
+    rig.smtp.take();
     let signup3 = json!({"id": "reg-3", "type": "contact.registered", "ts": t0 + 3000,
                          "customer": "C3", "program": "loyalty",
                          "attrs": {"first_name": "Cy", "email": "cy@example.test"}});
@@ -473,10 +502,9 @@ async fn flows_deliver_link_update_confirm_and_segment() {
     })
     .await;
     assert_eq!(mails(&mail_dir).len(), 3);
-    smtp = Some(SmtpSink::start(smtp_port, &mail_dir));
+    rig.smtp = Some(SmtpSink::start(rig.smtp_port, &mail_dir));
     let m = wait_mails(&mail_dir, 4).await;
     assert!(m[3].0.contains("cy@example.test"), "{:?}", m[3]);
-    assert!(smtp.is_some());
 
     // --- segments on event time: a scan 40 days on moves the watermark past C1's and C3's
     // last activity + 30 days; then C1 earns points and is active again
@@ -532,17 +560,10 @@ async fn flows_deliver_link_update_confirm_and_segment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_neither_loses_nor_repeats_a_delivery() {
-    let nats = Nats::start();
-    let js = nats.js().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mail_dir = dir.path().join("mail");
-    std::fs::create_dir_all(&mail_dir).unwrap();
-    let smtp_port = free_port().unwrap();
-    let _smtp = SmtpSink::start(smtp_port, &mail_dir);
-    let (sms_url, _sms) = sms_provider().await;
-    let config = write_config(dir.path(), smtp_port, &sms_url);
-    let args = ["--config", config.to_str().unwrap()];
-    let data = dir.path().join("data");
+    let rig = Rig::start().await;
+    let (js, mail_dir) = (rig.js.clone(), rig.mail_dir.clone());
+    let args = ["--config", rig.config.to_str().unwrap()];
+    let data = rig.dir.path().join("data");
     let signup = |id: &str, customer: &str| {
         json!({"id": id, "type": "contact.registered", "ts": now_ms(), "customer": customer,
                "program": "loyalty", "attrs": {"email": format!("{customer}@example.test")}})
@@ -550,7 +571,7 @@ async fn a_killed_server_neither_loses_nor_repeats_a_delivery() {
         .into_bytes()
     };
     let subject = "passpulse.events.contact.registered";
-    let mut s = Server::start_in(Some(&nats), &args, &[], data.clone(), None).await;
+    let mut s = Server::start_in(Some(&rig.nats), &args, &[], data.clone(), None).await;
     automation_ready(&s).await;
     js_publish(&js, subject, signup("reg-a", "CA")).await;
     wait_mails(&mail_dir, 1).await;
@@ -558,7 +579,7 @@ async fn a_killed_server_neither_loses_nor_repeats_a_delivery() {
     // while it is down: the same sign-up again (a retry) and a new one
     js_publish(&js, subject, signup("reg-a-retry", "CA")).await;
     js_publish(&js, subject, signup("reg-b", "CB")).await;
-    let s = Server::start_in(Some(&nats), &args, &[], data, None).await;
+    let s = Server::start_in(Some(&rig.nats), &args, &[], data, None).await;
     automation_ready(&s).await;
     let m = wait_mails(&mail_dir, 2).await;
     automation_idle(&js).await;

@@ -62,6 +62,32 @@ pub struct IssuerConfig {
     pub google: Option<GoogleSettings>,
 }
 
+impl IssuerConfig {
+    /// Settings around a development signing chain (not trusted by Apple devices) and a random
+    /// link key, with a week's download links, 256 pushes in flight and no Google Wallet: what
+    /// benchmarks and tests start from.
+    pub fn development(
+        public_url: &str,
+        pass_type_id: &str,
+        team_id: &str,
+        templates: BTreeMap<String, Template>,
+    ) -> Result<IssuerConfig, crate::certs::CertError> {
+        let mut link_key = vec![0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut link_key);
+        Ok(IssuerConfig {
+            public_url: public_url.into(),
+            pass_type_id: pass_type_id.into(),
+            team_id: team_id.into(),
+            templates,
+            identity: crate::certs::dev_chain(pass_type_id, team_id)?.identity,
+            link_key,
+            link_ttl: Duration::from_secs(7 * 86_400),
+            push_concurrency: 256,
+            google: None,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
     #[error("{0}")]
@@ -150,11 +176,15 @@ pub fn now_ms() -> i64 {
 
 /// A new serial: 20 characters of `[a-z0-9]` (≈103 bits), safe in URLs and NATS keys.
 fn new_serial() -> String {
+    random_text(b"abcdefghijklmnopqrstuvwxyz0123456789", 20)
+}
+
+/// `len` characters of `alphabet` from the operating system's random source.
+pub(crate) fn random_text(alphabet: &[u8], len: usize) -> String {
     use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rngs::OsRng;
-    (0..20)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+    (0..len)
+        .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
         .collect()
 }
 

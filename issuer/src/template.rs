@@ -219,7 +219,8 @@ impl Template {
     }
 }
 
-fn attr_text(v: &Value) -> String {
+/// A value as text in a filled template: strings as they are, anything else as JSON.
+pub(crate) fn attr_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),

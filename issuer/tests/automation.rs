@@ -15,7 +15,6 @@ use passpulse_ingest::{BusConfig, ManagedNats, connect, ensure_streams};
 use passpulse_issuer::automation::Automation;
 use passpulse_issuer::automation::delivery::{OutMessage, SendError, Sender, Senders};
 use passpulse_issuer::automation::flows::Flows;
-use passpulse_issuer::certs::dev_chain;
 use passpulse_issuer::lifecycle::Lifecycle;
 use passpulse_issuer::push::RecordingSender;
 use passpulse_issuer::registry::Registry;
@@ -65,15 +64,14 @@ impl Rig {
                 .unwrap();
         let flows = Flows::parse(FLOWS, &templates).unwrap();
         let cfg = IssuerConfig {
-            public_url: "https://passes.example.test".into(),
-            pass_type_id: PASS_TYPE.into(),
-            team_id: "TEAM000001".into(),
-            templates,
-            identity: dev_chain(PASS_TYPE, "TEAM000001").unwrap().identity,
-            link_key: vec![9; 32],
-            link_ttl: Duration::from_secs(600),
             push_concurrency: 4,
-            google: None,
+            ..IssuerConfig::development(
+                "https://passes.example.test",
+                PASS_TYPE,
+                "TEAM000001",
+                templates,
+            )
+            .unwrap()
         };
         let lifecycle = Lifecycle::new(js.clone(), bus);
         let issuer = Issuer::new(cfg, registry, lifecycle.clone(), push);

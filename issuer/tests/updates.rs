@@ -5,12 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use passpulse_engine::DecodedBatch;
 use passpulse_engine::event::decode_line;
 use passpulse_ingest::{BusConfig, ManagedNats, connect, ensure_streams};
-use passpulse_issuer::certs::dev_chain;
 use passpulse_issuer::lifecycle::Lifecycle;
 use passpulse_issuer::push::{PushOutcome, RecordingSender};
 use passpulse_issuer::registry::Registry;
@@ -44,15 +42,15 @@ impl Rig {
             Template::load_all(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/templates"))
                 .unwrap();
         let cfg = IssuerConfig {
-            public_url: "https://passes.example.test".into(),
-            pass_type_id: PASS_TYPE.into(),
-            team_id: "TEAM000001".into(),
-            templates,
-            identity: dev_chain(PASS_TYPE, "TEAM000001").unwrap().identity,
-            link_key: vec![7; 32],
-            link_ttl: Duration::from_secs(600),
             push_concurrency: 4,
             google,
+            ..IssuerConfig::development(
+                "https://passes.example.test",
+                PASS_TYPE,
+                "TEAM000001",
+                templates,
+            )
+            .unwrap()
         };
         let issuer = Issuer::new(cfg, registry.clone(), Lifecycle::new(js, bus), push);
         Rig {

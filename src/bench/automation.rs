@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use passpulse_issuer::automation::Automation;
 use passpulse_issuer::automation::flows::Flows;
-use passpulse_issuer::certs::dev_chain;
 use passpulse_issuer::lifecycle::Lifecycle;
 use passpulse_issuer::push::{PushOutcome, PushSender};
 use passpulse_issuer::registry::Registry;
@@ -104,15 +103,13 @@ pub async fn automation(a: AutomationBenchArgs) -> Result<()> {
     let pass_type = "pass.bench.passpulse";
     let registry = Registry::open(&js).await?;
     let cfg = IssuerConfig {
-        public_url: "https://passes.example.test".into(),
-        pass_type_id: pass_type.into(),
-        team_id: "BENCHTEAM0".into(),
-        templates,
-        identity: dev_chain(pass_type, "BENCHTEAM0")?.identity,
-        link_key: vec![3; 32],
-        link_ttl: Duration::from_secs(3600),
         push_concurrency: 64,
-        google: None,
+        ..IssuerConfig::development(
+            "https://passes.example.test",
+            pass_type,
+            "BENCHTEAM0",
+            templates,
+        )?
     };
     let sender = Arc::new(TimedSender::default());
     let lifecycle = Lifecycle::new(js.clone(), bus.clone());

@@ -212,40 +212,32 @@ impl Builders {
     }
 
     fn columns(&mut self, cloned: bool) -> Vec<ArrayRef> {
-        macro_rules! col {
+        // the builder's array: a copy (the builder keeps its rows) or taken (it is emptied)
+        macro_rules! fin {
             ($b:expr) => {
                 if cloned {
-                    Arc::new($b.finish_cloned()) as ArrayRef
+                    $b.finish_cloned()
                 } else {
-                    Arc::new($b.finish()) as ArrayRef
+                    $b.finish()
                 }
+            };
+        }
+        macro_rules! col {
+            ($b:expr) => {
+                Arc::new(fin!($b)) as ArrayRef
             };
         }
         vec![
             col!(self.seq),
             col!(self.ingested_at),
             col!(self.id),
-            fixed_dict(
-                if cloned {
-                    self.kind.finish_cloned()
-                } else {
-                    self.kind.finish()
-                },
-                &TYPE_VALUES,
-            ),
+            fixed_dict(fin!(self.kind), &TYPE_VALUES),
             col!(self.ts),
             col!(self.pass),
             col!(self.program),
             col!(self.customer),
             col!(self.device),
-            fixed_dict(
-                if cloned {
-                    self.platform.finish_cloned()
-                } else {
-                    self.platform.finish()
-                },
-                &PLATFORM_VALUES,
-            ),
+            fixed_dict(fin!(self.platform), &PLATFORM_VALUES),
             col!(self.location),
             col!(self.operator),
             col!(self.source),

@@ -18,7 +18,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull, kv, message::PublishM
 use futures::StreamExt;
 use passpulse_engine::EventType;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
 use super::flows::{Basis, Channel};
 use crate::lifecycle::{Event, Lifecycle};
@@ -306,14 +306,6 @@ impl Senders {
             Channel::Email => self.email.as_ref(),
             Channel::Sms => self.sms.as_ref(),
         }
-    }
-}
-
-/// Text of a value for message templates.
-pub(crate) fn text_of(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 

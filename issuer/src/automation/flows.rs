@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::Template;
-use crate::template::fill;
+use crate::template::{attr_text, fill};
 
 /// A flows file that does not hold together.
 #[derive(Debug, thiserror::Error)]
@@ -423,11 +423,7 @@ impl Flow {
 
 /// Equality that lets `"1"` match `1` and `true` match `"true"`: conditions are written by hand.
 fn loose_eq(a: &Value, b: &Value) -> bool {
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    a == b || text(a) == text(b)
+    a == b || attr_text(a) == attr_text(b)
 }
 
 #[cfg(test)]

@@ -17,9 +17,9 @@ use passpulse_engine::EventType;
 use serde_json::{Map, Value, json};
 
 use super::Automation;
-use super::links::{Agent, Link, Target, confirmed_page, landing_page, optin_page, valid_code};
+use super::links::{Agent, CODE_ALPHABET, Link, Target, confirmed_page, landing_page, optin_page};
 use crate::lifecycle::Event;
-use crate::service::{IssueError, now_ms};
+use crate::service::{IssueError, now_ms, random_text};
 
 /// The automation once it is open.
 #[derive(Clone, Debug, Default)]
@@ -53,9 +53,7 @@ fn not_found() -> Response {
 }
 
 async fn link(a: &Automation, code: &str) -> Result<Option<Link>, IssueError> {
-    if !valid_code(code) {
-        return Ok(None);
-    }
+    // `Links::get` refuses a malformed code before any lookup
     Ok(a.links().get(code).await?)
 }
 
@@ -87,7 +85,7 @@ async fn follow(
     attrs.insert("channel".into(), json!(link.channel));
     attrs.insert("link".into(), json!(code));
     // every visit counts: a random id, so repeated clicks are separate events
-    let id = format!("click-{code}-{}", random_suffix());
+    let id = format!("click-{code}-{}", random_text(CODE_ALPHABET, 12));
     let click = Event::new(EventType::LinkClicked, id, now_ms())
         .with("source", Some(&link.channel))
         .with("campaign", link.campaign.as_deref())
@@ -116,14 +114,6 @@ async fn follow(
         }
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], response).into_response())
-}
-
-fn random_suffix() -> String {
-    use rand::Rng;
-    let mut rng = rand::rngs::OsRng;
-    (0..12)
-        .map(|_| super::links::CODE_ALPHABET[rng.gen_range(0..62)] as char)
-        .collect()
 }
 
 async fn confirm(

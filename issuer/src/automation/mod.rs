@@ -37,8 +37,8 @@ use tokio::sync::Mutex;
 
 use crate::lifecycle::Lifecycle;
 use crate::service::{IssueError, Issuer, NewPass, now_ms};
-use crate::template::fill;
-use delivery::{OutMessage, Outbox, text_of};
+use crate::template::{attr_text as text_of, fill};
+use delivery::{OutMessage, Outbox};
 use flows::{Action, Basis, Channel, Flow, Flows};
 use links::{CODE_ALPHABET, CODE_LEN, Link, Links, Target};
 use segments::{SegmentStore, Segments};
@@ -313,14 +313,9 @@ impl Automation {
             source: e.source.map(str::to_string),
             campaign: Some(campaign.clone()),
         };
-        let (issued, created) = match iss.issue_as(serial.clone(), req).await {
-            Ok(r) => r,
-            // a pass the template refuses cannot be fixed by retrying: logged, not retried
-            Err(IssueError::BadRequest(why)) => {
-                tracing::error!(flow = %f.name, customer, error = %why, "automation: pass refused");
-                return Ok(());
-            }
-            Err(other) => return Err(other.into()),
+        let Some((issued, created)) = refused_is_final(f, iss.issue_as(serial.clone(), req).await)?
+        else {
+            return Ok(());
         };
         if created {
             tracing::debug!(flow = %f.name, serial = %issued.serial, "automation issued a pass");
@@ -381,17 +376,10 @@ impl Automation {
         if changed.is_empty() {
             return Ok(()); // nothing the pass shows changed (or this event was handled before)
         }
-        match self.inner.issuer.update(&serial, changed).await {
-            Ok(r) => {
-                tracing::debug!(serial, pushed = r.pushed, "automation updated a pass");
-                Ok(())
-            }
-            Err(IssueError::BadRequest(why)) => {
-                tracing::error!(flow = %f.name, serial, error = %why, "automation: update refused");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+        if let Some(r) = refused_is_final(f, self.inner.issuer.update(&serial, changed).await)? {
+            tracing::debug!(serial, pushed = r.pushed, "automation updated a pass");
         }
+        Ok(())
     }
 
     async fn confirm_optin(
@@ -535,7 +523,6 @@ impl Automation {
         let mut out = Vec::new();
         {
             let mut s = s.lock().await;
-            let cfg = s.config().clone();
             match e.kind {
                 EventType::ContactUpdated => {
                     if let (Some(c), Some(p)) =
@@ -547,7 +534,7 @@ impl Automation {
                 }
                 EventType::Scan => {
                     if let Some(p) = e.pass.and_then(|p| self.inner.issuer.registry().pass(p))
-                        && p.program == cfg.program
+                        && p.program == s.config().program
                         && s.is_member(&p.customer)
                     {
                         out.extend(s.activity(&p.customer, e.ts));
@@ -564,6 +551,20 @@ impl Automation {
             self.inner.bus.emit(&ev).await.map_err(StepError)?;
         }
         Ok(())
+    }
+}
+
+/// The issuer's answer to an automation step: a refusal (a pass the template or the limits
+/// refuse) cannot be mended by retrying, so it is logged and the step ends (`None`); any other
+/// error is retried.
+fn refused_is_final<T>(f: &Flow, r: Result<T, IssueError>) -> Result<Option<T>, StepError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(IssueError::BadRequest(why)) => {
+            tracing::error!(flow = %f.name, error = %why, "automation: the issuer refused the step; not retried");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

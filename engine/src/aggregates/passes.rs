@@ -7,11 +7,20 @@
 //! registration. Slices by programme and source use the pass's attribution: `pass.issued` is
 //! authoritative; an install carrying `program`/`source` fills them only if still unknown. When
 //! attribution changes, the pass's counts move between slices.
+//!
+//! The layout is built to be cheap to checkpoint. Every pass id and device id is stored once, in
+//! one string arena; a pass's state is a fixed-size record (its ids as spans of the arena, its
+//! programme and source as symbol numbers, its first registration inline) held in the hash table
+//! itself, with the registrations of passes on several devices in a side list. A snapshot writes
+//! the arena in one piece and then only numbers, reading memory in order, rather than following
+//! a pointer per id; the table is rebuilt from the records when a snapshot is loaded.
 
 use std::sync::Arc;
 
-use ahash::{AHashMap, AHashSet};
-use serde::{Deserialize, Serialize};
+use ahash::AHashMap;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::{EventRef, Platform};
 
@@ -21,27 +30,116 @@ const INSTALLED: u8 = 2;
 const SCANNED: u8 = 4;
 const REDEEMED: u8 = 8;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A string in the arena: byte offset and length (ids are shorter than a NATS message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Span {
+    at: u64,
+    len: u32,
+}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        self.at as usize..self.at as usize + self.len as usize
+    }
+}
+
+fn text(arena: &str, s: Span) -> &str {
+    &arena[s.range()]
+}
+
+fn push_text(arena: &mut String, s: &str) -> Span {
+    let at = arena.len() as u64;
+    arena.push_str(s);
+    Span {
+        at,
+        len: u32::try_from(s.len()).expect("an id is shorter than a NATS message"),
+    }
+}
+
+/// A programme or source: an index into the symbol list, or [`Sym::NONE`] while unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Sym(u32);
+
+impl Sym {
+    const NONE: Sym = Sym(u32::MAX);
+
+    fn is_none(self) -> bool {
+        self == Sym::NONE
+    }
+
+    /// `self` if known, else `other`.
+    fn or(self, other: Sym) -> Sym {
+        if self.is_none() { other } else { self }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Reg {
-    device: Box<str>,
+    device: Span,
     platform: Platform,
     live: bool,
     ts: i64,
     seq: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct PassState {
-    program: Option<Arc<str>>,
-    source: Option<Arc<str>>,
-    regs: Vec<Reg>,
+    /// Hash of the pass id under this process's hasher; recomputed when a snapshot is loaded.
+    #[serde(skip)]
+    hash: u64,
+    key: Span,
+    program: Sym,
+    source: Sym,
     stages: u8,
+    first: Option<Reg>,
+    /// 1 + the index in [`Passes::more`] of the registrations after the first; 0 if none.
+    more: u32,
 }
 
 impl PassState {
-    fn live_by_platform(&self) -> [u64; 2] {
+    fn new(hash: u64, key: Span) -> Self {
+        PassState {
+            hash,
+            key,
+            program: Sym::NONE,
+            source: Sym::NONE,
+            stages: 0,
+            first: None,
+            more: 0,
+        }
+    }
+
+    fn regs<'a>(&'a self, more: &'a [Vec<Reg>]) -> impl Iterator<Item = &'a Reg> {
+        let rest: &[Reg] = match self.more {
+            0 => &[],
+            i => &more[i as usize - 1],
+        };
+        self.first.iter().chain(rest)
+    }
+
+    /// The `i`th registration, as counted by [`PassState::regs`].
+    fn reg_mut<'a>(&'a mut self, more: &'a mut [Vec<Reg>], i: usize) -> &'a mut Reg {
+        let skip = self.first.is_some() as usize;
+        match self.first.as_mut() {
+            Some(r) if i == 0 => r,
+            _ => &mut more[self.more as usize - 1][i - skip],
+        }
+    }
+
+    fn add_reg(&mut self, more: &mut Vec<Vec<Reg>>, reg: Reg) {
+        if self.first.is_none() {
+            self.first = Some(reg);
+        } else if self.more == 0 {
+            more.push(vec![reg]);
+            self.more = u32::try_from(more.len()).expect("fewer than 2^32 passes on two devices");
+        } else {
+            more[self.more as usize - 1].push(reg);
+        }
+    }
+
+    fn live_by_platform(&self, more: &[Vec<Reg>]) -> [u64; 2] {
         let mut n = [0; 2];
-        for r in self.regs.iter().filter(|r| r.live) {
+        for r in self.regs(more).filter(|r| r.live) {
             n[r.platform as usize] += 1;
         }
         n
@@ -97,70 +195,98 @@ impl FunnelCount {
 /// Label used for passes whose programme or source is not (yet) known.
 pub const UNKNOWN: &str = "(unknown)";
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+type Slices<T> = AHashMap<Arc<str>, T>;
+
+#[derive(Default)]
 pub struct Passes {
-    passes: hashbrown::HashMap<Box<str>, PassState, ahash::RandomState>,
-    symbols: AHashSet<Arc<str>>,
+    /// Every pass id and device id, back to back.
+    arena: String,
+    table: HashTable<PassState>,
+    hasher: ahash::RandomState,
+    /// Registrations after the first, of passes on several devices.
+    more: Vec<Vec<Reg>>,
+    symbols: Vec<Arc<str>>,
+    symbol_ids: AHashMap<Arc<str>, u32>,
     unknown: Option<Arc<str>>,
     pub(crate) all: SliceCount,
     pub(crate) by_platform: [SliceCount; 2],
-    pub(crate) by_program: AHashMap<Arc<str>, SliceCount>,
-    pub(crate) by_source: AHashMap<Arc<str>, SliceCount>,
-    pub(crate) funnel: AHashMap<Arc<str>, FunnelCount>,
+    pub(crate) by_program: Slices<SliceCount>,
+    pub(crate) by_source: Slices<SliceCount>,
+    pub(crate) funnel: Slices<FunnelCount>,
+}
+
+impl std::fmt::Debug for Passes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passes")
+            .field("passes", &self.table.len())
+            .field("arena_bytes", &self.arena.len())
+            .field("all", &self.all)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state of one pass, found or added; a free function so that the caller may borrow the
+/// other fields of [`Passes`] beside the returned state.
+fn slot<'a>(
+    table: &'a mut HashTable<PassState>,
+    arena: &mut String,
+    hasher: &ahash::RandomState,
+    pass: &str,
+) -> &'a mut PassState {
+    let h = hasher.hash_one(pass);
+    let found = table.entry(h, |s| s.hash == h && text(arena, s.key) == pass, |s| s.hash);
+    match found {
+        Entry::Occupied(o) => o.into_mut(),
+        Entry::Vacant(v) => v
+            .insert(PassState::new(h, push_text(arena, pass)))
+            .into_mut(),
+    }
 }
 
 impl Passes {
-    /// After loading from a snapshot every `Arc<str>` is its own allocation: share them again
-    /// so each programme and source name is held once, as in a live engine.
-    pub(crate) fn reintern(&mut self) {
-        let mut symbols = std::mem::take(&mut self.symbols);
-        let mut share = |a: &mut Arc<str>| match symbols.get(&**a) {
-            Some(s) => *a = s.clone(),
-            None => drop(symbols.insert(a.clone())),
-        };
-        for st in self.passes.values_mut() {
-            st.program.iter_mut().for_each(&mut share);
-            st.source.iter_mut().for_each(&mut share);
-        }
-        self.symbols = symbols;
+    /// Bytes a snapshot of this state takes, roughly (a capacity hint).
+    pub(crate) fn snapshot_size_hint(&self) -> usize {
+        self.arena.len() + 48 * self.table.len() + 48 * self.more.len()
     }
 
-    fn sym(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.symbols.get(s) {
-            return a.clone();
+    fn sym(&mut self, s: &str) -> Sym {
+        if let Some(&i) = self.symbol_ids.get(s) {
+            return Sym(i);
         }
         let a: Arc<str> = Arc::from(s);
-        self.symbols.insert(a.clone());
-        a
+        let i = u32::try_from(self.symbols.len())
+            .ok()
+            .filter(|&i| i != Sym::NONE.0)
+            .expect("fewer than 2^32 - 1 programmes and sources");
+        self.symbols.push(a.clone());
+        self.symbol_ids.insert(a, i);
+        Sym(i)
     }
 
     fn state(&mut self, pass: &str) -> &mut PassState {
-        // one lookup; the key is allocated only for a new pass
-        self.passes.entry_ref(pass).or_default()
+        slot(&mut self.table, &mut self.arena, &self.hasher, pass)
     }
 
-    fn key(&mut self, v: &Option<Arc<str>>) -> Arc<str> {
+    fn key(&mut self, v: Sym) -> Arc<str> {
         match v {
-            Some(a) => a.clone(),
-            None => self
+            Sym::NONE => self
                 .unknown
                 .get_or_insert_with(|| Arc::from(UNKNOWN))
                 .clone(),
+            Sym(i) => self.symbols[i as usize].clone(),
         }
     }
 
     /// Adds (`sign` = 1) or removes (-1) a pass's contribution to the programme/source slices
     /// and the funnel.
-    fn attribute(&mut self, pass: &str, sign: i64) {
-        let st = &self.passes[pass];
-        let regs: u64 = st.live_by_platform().iter().sum();
+    fn attribute(&mut self, st: &PassState, sign: i64) {
+        let regs: u64 = st.live_by_platform(&self.more).iter().sum();
         if regs == 0 && st.stages == 0 {
             return; // contributes to no slice and no funnel stage
         }
-        let (program, source, stages) = (st.program.clone(), st.source.clone(), st.stages);
         let active = (regs > 0) as i64;
-        let p = self.key(&program);
-        let s = self.key(&source);
+        let p = self.key(st.program);
+        let s = self.key(st.source);
         if regs > 0 {
             self.by_program
                 .entry(p)
@@ -171,27 +297,36 @@ impl Passes {
                 .or_default()
                 .add(sign * active, sign * regs as i64);
         }
-        if stages != 0 {
-            self.funnel.entry(s).or_default().add_stages(stages, sign);
+        if st.stages != 0 {
+            self.funnel
+                .entry(s)
+                .or_default()
+                .add_stages(st.stages, sign);
         }
+    }
+
+    /// Moves a pass's contribution from its state `before` to its state `after`.
+    fn reattribute(&mut self, before: &PassState, after: &PassState) {
+        self.attribute(before, -1);
+        self.attribute(after, 1);
     }
 
     pub fn apply(&mut self, e: &EventRef<'_>) {
         use crate::event::EventType as T;
         match e.kind {
             T::PassIssued => {
-                let (Some(pass), program) = (e.pass, e.program) else {
+                let Some(pass) = e.pass else {
                     return;
                 };
-                let program = program.map(|p| self.sym(p));
-                let source = e.source.map(|s| self.sym(s));
-                self.state(pass);
-                self.attribute(pass, -1);
+                let program = e.program.map_or(Sym::NONE, |p| self.sym(p));
+                let source = e.source.map_or(Sym::NONE, |s| self.sym(s));
                 let st = self.state(pass);
-                st.program = program.or(st.program.take());
-                st.source = source.or(st.source.take());
+                let before = *st;
+                st.program = program.or(st.program);
+                st.source = source.or(st.source);
                 st.stages |= ISSUED;
-                self.attribute(pass, 1);
+                let after = *st;
+                self.reattribute(&before, &after);
             }
             T::PassInstalled | T::PassUninstalled => {
                 let (Some(pass), Some(device), Some(platform)) = (e.pass, e.device, e.platform)
@@ -203,10 +338,8 @@ impl Passes {
             T::Scan => self.mark(e.pass, SCANNED),
             T::Redemption => self.mark(e.pass, REDEEMED),
             T::LinkClicked => {
-                let s = match e.source {
-                    Some(s) => self.sym(s),
-                    None => self.key(&None),
-                };
+                let s = e.source.map_or(Sym::NONE, |s| self.sym(s));
+                let s = self.key(s);
                 self.funnel.entry(s).or_default().clicked += 1;
             }
             _ => {}
@@ -215,17 +348,13 @@ impl Passes {
 
     fn mark(&mut self, pass: Option<&str>, stage: u8) {
         let Some(pass) = pass else { return };
-        if self
-            .passes
-            .get(pass)
-            .is_some_and(|st| st.stages & stage != 0)
-        {
+        let st = self.state(pass);
+        if st.stages & stage != 0 {
             return;
         }
-        let st = self.state(pass);
         st.stages |= stage;
-        let source = st.source.clone();
-        let s = self.key(&source);
+        let source = st.source;
+        let s = self.key(source);
         self.funnel.entry(s).or_default().add_stages(stage, 1);
     }
 
@@ -237,28 +366,28 @@ impl Passes {
         platform: Platform,
         live: bool,
     ) {
-        let program = e.program.map(|p| self.sym(p));
-        let source = e.source.map(|s| self.sym(s));
-        let needs_attribution = {
-            let st = self.state(pass);
-            (st.program.is_none() && program.is_some()) || (st.source.is_none() && source.is_some())
-        };
-        if needs_attribution {
-            self.attribute(pass, -1);
-            let st = self.state(pass);
-            if st.program.is_none() {
-                st.program = program;
-            }
-            if st.source.is_none() {
-                st.source = source;
-            }
-            self.attribute(pass, 1);
+        let program = e.program.map_or(Sym::NONE, |p| self.sym(p));
+        let source = e.source.map_or(Sym::NONE, |s| self.sym(s));
+        let st = self.state(pass);
+        if (st.program.is_none() && !program.is_none())
+            || (st.source.is_none() && !source.is_none())
+        {
+            let before = *st;
+            st.program = st.program.or(program);
+            st.source = st.source.or(source);
+            let after = *st;
+            self.reattribute(&before, &after);
         }
 
-        let st = self.state(pass);
-        let before = st.live_by_platform();
-        match st.regs.iter_mut().find(|r| &*r.device == device) {
-            Some(r) => {
+        let st = slot(&mut self.table, &mut self.arena, &self.hasher, pass);
+        let before = st.live_by_platform(&self.more);
+        let arena = &self.arena;
+        let found = st
+            .regs(&self.more)
+            .position(|r| text(arena, r.device) == device);
+        match found {
+            Some(i) => {
+                let r = st.reg_mut(&mut self.more, i);
                 if (e.ts, e.seq) < (r.ts, r.seq) {
                     return; // an older signal than the one already applied
                 }
@@ -267,20 +396,23 @@ impl Passes {
                 r.ts = e.ts;
                 r.seq = e.seq;
             }
-            None => st.regs.push(Reg {
-                device: device.into(),
-                platform,
-                live,
-                ts: e.ts,
-                seq: e.seq,
-            }),
+            None => {
+                let reg = Reg {
+                    device: push_text(&mut self.arena, device),
+                    platform,
+                    live,
+                    ts: e.ts,
+                    seq: e.seq,
+                };
+                st.add_reg(&mut self.more, reg);
+            }
         }
-        let after = st.live_by_platform();
+        let after = st.live_by_platform(&self.more);
         let first_install = live && st.stages & INSTALLED == 0;
         if first_install {
             st.stages |= INSTALLED;
         }
-        let (program, source) = (st.program.clone(), st.source.clone());
+        let (program, source) = (st.program, st.source);
 
         let (b, a) = (before[0] + before[1], after[0] + after[1]);
         let d_regs = a as i64 - b as i64;
@@ -293,15 +425,139 @@ impl Passes {
             self.by_platform[i].add(da, d);
         }
         if d_regs != 0 || d_active != 0 {
-            let pk = self.key(&program);
-            let sk = self.key(&source);
+            let pk = self.key(program);
+            let sk = self.key(source);
             self.by_program.entry(pk).or_default().add(d_active, d_regs);
             self.by_source.entry(sk).or_default().add(d_active, d_regs);
         }
         if first_install {
-            let sk = self.key(&source);
+            let sk = self.key(source);
             self.funnel.entry(sk).or_default().add_stages(INSTALLED, 1);
         }
+    }
+}
+
+/// The snapshot form, written from borrowed state; [`WireIn`] reads it back (same field order).
+#[derive(Serialize)]
+struct WireOut<'a> {
+    arena: &'a str,
+    states: States<'a>,
+    more: &'a [Vec<Reg>],
+    symbols: &'a [Arc<str>],
+    all: SliceCount,
+    by_platform: [SliceCount; 2],
+    by_program: &'a Slices<SliceCount>,
+    by_source: &'a Slices<SliceCount>,
+    funnel: &'a Slices<FunnelCount>,
+}
+
+struct States<'a>(&'a HashTable<PassState>);
+
+impl Serialize for States<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    arena: String,
+    states: Vec<PassState>,
+    more: Vec<Vec<Reg>>,
+    symbols: Vec<Arc<str>>,
+    all: SliceCount,
+    by_platform: [SliceCount; 2],
+    by_program: Slices<SliceCount>,
+    by_source: Slices<SliceCount>,
+    funnel: Slices<FunnelCount>,
+}
+
+impl Serialize for Passes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireOut {
+            arena: &self.arena,
+            states: States(&self.table),
+            more: &self.more,
+            symbols: &self.symbols,
+            all: self.all,
+            by_platform: self.by_platform,
+            by_program: &self.by_program,
+            by_source: &self.by_source,
+            funnel: &self.funnel,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Passes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Passes::from_wire(WireIn::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Passes {
+    /// Rebuilds the table from snapshot records, checking every span and index so that damaged
+    /// bytes are an error rather than a panic later.
+    fn from_wire(w: WireIn) -> Result<Passes, String> {
+        let WireIn {
+            arena,
+            states,
+            more,
+            symbols,
+            all,
+            by_platform,
+            by_program,
+            by_source,
+            funnel,
+        } = w;
+        let span_ok = |s: Span| arena.get(s.range()).is_some();
+        let sym_ok = |s: Sym| s.is_none() || (s.0 as usize) < symbols.len();
+        if let Some(r) = more.iter().flatten().find(|r| !span_ok(r.device)) {
+            return Err(format!("a device span {:?} is outside the arena", r.device));
+        }
+        let hasher = ahash::RandomState::new();
+        let mut table = HashTable::with_capacity(states.len());
+        for mut st in states {
+            if !span_ok(st.key) || !sym_ok(st.program) || !sym_ok(st.source) {
+                return Err(format!("pass record {st:?} refers outside the snapshot"));
+            }
+            let first_ok = match st.first {
+                Some(r) => span_ok(r.device),
+                None => st.more == 0,
+            };
+            if !first_ok || st.more as usize > more.len() {
+                return Err(format!("pass record {st:?} refers outside the snapshot"));
+            }
+            let key = text(&arena, st.key);
+            st.hash = hasher.hash_one(key);
+            match table.entry(
+                st.hash,
+                |s: &PassState| s.hash == st.hash && text(&arena, s.key) == key,
+                |s| s.hash,
+            ) {
+                Entry::Occupied(_) => return Err(format!("pass {key:?} is recorded twice")),
+                Entry::Vacant(v) => drop(v.insert(st)),
+            }
+        }
+        let symbol_ids = symbols
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+        Ok(Passes {
+            arena,
+            table,
+            hasher,
+            more,
+            symbols,
+            symbol_ids,
+            unknown: None,
+            all,
+            by_platform,
+            by_program,
+            by_source,
+            funnel,
+        })
     }
 }
 
@@ -415,5 +671,90 @@ mod tests {
                 redeemed: 0
             }
         );
+    }
+
+    /// Everything a snapshot must carry, as comparable values.
+    fn view(p: &Passes) -> String {
+        let sorted = |m: &Slices<SliceCount>| {
+            let mut v: Vec<_> = m.iter().map(|(k, c)| (k.to_string(), *c)).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let mut f: Vec<_> = p.funnel.iter().map(|(k, c)| (k.to_string(), *c)).collect();
+        f.sort_by(|a, b| a.0.cmp(&b.0));
+        format!(
+            "{:?} {:?} {:?} {:?} {:?}",
+            p.all,
+            p.by_platform,
+            sorted(&p.by_program),
+            sorted(&p.by_source),
+            f
+        )
+    }
+
+    /// Passes on one and on several devices, an out-of-order uninstall, a scan.
+    fn after_history() -> Passes {
+        let lines: Vec<String> = vec![
+            r#"{"id":"i1","type":"pass.issued","ts":1,"pass":"A","program":"gold","source":"email"}"#.into(),
+            inst("1", "A", "d1", "apple", 10, true),
+            inst("2", "A", "d2", "google", 11, true),
+            inst("3", "A", "d3", "apple", 12, true),
+            inst("4", "B", "d1", "apple", 13, true),
+            inst("5", "C", "d9", "google", 30, false),
+            inst("6", "C", "d9", "google", 20, true),
+            r#"{"id":"x","type":"scan","ts":14,"pass":"A","location":"l","device":"s","operator":"o"}"#.into(),
+        ];
+        let mut p = Passes::default();
+        apply(
+            &mut p,
+            &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        p
+    }
+
+    #[test]
+    fn a_snapshot_restores_every_registration_and_slice() {
+        let mut p = after_history();
+        let bytes = postcard::to_allocvec(&p).unwrap();
+        let mut q: Passes = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(view(&q), view(&p));
+        assert_eq!(q.table.len(), 3);
+        // the restored state goes on exactly as the original: an older signal for a device on
+        // the side list is ignored, a newer one applies, a new device joins, attribution holds
+        let more = [
+            inst("7", "A", "d3", "apple", 5, false),
+            inst("8", "A", "d2", "google", 40, false),
+            inst("9", "B", "d4", "google", 41, true),
+            r#"{"id":"i2","type":"pass.issued","ts":2,"pass":"B","program":"silver","source":"sms"}"#.into(),
+        ];
+        let more: Vec<&str> = more.iter().map(String::as_str).collect();
+        apply(&mut p, &more);
+        apply(&mut q, &more);
+        assert_eq!(view(&q), view(&p));
+        assert_eq!(p.all.live_registrations, 4, "A: d1, d3; B: d1, d4");
+        assert_eq!(p.by_program["silver"].live_registrations, 2);
+    }
+
+    #[test]
+    fn damaged_snapshot_bytes_are_an_error_not_a_panic() {
+        let p = after_history();
+        let bytes = postcard::to_allocvec(&p).unwrap();
+        let mut refused = 0;
+        for i in 0..bytes.len() {
+            for v in [0u8, 0x7f, 0xff] {
+                let mut b = bytes.clone();
+                b[i] = v;
+                if let Ok(q) = postcard::from_bytes::<Passes>(&b) {
+                    // whatever decodes can be read and applied to without panicking
+                    let _ = view(&q);
+                    let mut q = q;
+                    apply(&mut q, &[&inst("z", "A", "d1", "apple", 99, true)]);
+                } else {
+                    refused += 1;
+                }
+            }
+            assert!(postcard::from_bytes::<Passes>(&bytes[..i]).is_err());
+        }
+        assert!(refused > 0);
     }
 }

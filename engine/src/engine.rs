@@ -213,7 +213,8 @@ impl EngineWriter {
                     && let Some(d) = self.dedup.as_mut()
                 {
                     match d.insert_id(e.id, arrival) {
-                        Some(entry) => self.pending_ids.push(entry),
+                        Some(entry) if self.persist.is_some() => self.pending_ids.push(entry),
+                        Some(_) => {}
                         None => {
                             self.duplicates += 1;
                             continue;
@@ -226,7 +227,11 @@ impl EngineWriter {
             }
         }
         if let Some(ids) = upstream {
-            self.pending_ids.extend_from_slice(ids);
+            // the ids are kept for the next checkpoint's segment; without persistence there is
+            // none, and keeping them would grow memory with every event
+            if self.persist.is_some() {
+                self.pending_ids.extend_from_slice(ids);
+            }
             self.duplicates += batch.duplicates();
         }
         self.metrics.duplicates.store(self.duplicates, Relaxed);
@@ -618,6 +623,20 @@ mod tests {
             decode_message(line.as_bytes(), i + 1, &mut b, |e, _| panic!("{e}"));
         }
         b
+    }
+
+    #[test]
+    fn an_in_memory_engine_keeps_no_ids_for_checkpoints() {
+        // de-duplicating in the writer, and as its own stage before it
+        let (mut w, e) = new_engine(EngineConfig::default());
+        w.apply(&scans(0, 1_000, 1_000));
+        let (mut staged, _) = new_engine(EngineConfig::default());
+        let mut dedup = staged.take_dedup().expect("a new writer de-duplicates");
+        let mut b = scans(0, 1_000, 1_000);
+        dedup.filter(&mut b);
+        staged.apply(&b);
+        assert_eq!(e.events_applied(), 1_000);
+        assert_eq!((w.pending_ids.len(), staged.pending_ids.len()), (0, 0));
     }
 
     #[test]

@@ -125,8 +125,15 @@ async fn post_accepts_json_and_plain_sql() {
             "event_counts",
             "events",
             "funnel",
+            "insight_adoption_daily",
+            "insight_channel_funnel",
+            "insight_location_peaks",
+            "insight_passes",
+            "insight_scan_heatmap",
+            "insight_scans_by_location",
             "install_base",
             "location_peaks",
+            "pass_origin",
             "segments"
         ]
     );
@@ -258,4 +265,89 @@ async fn the_bearer_token_is_enforced_on_the_api() {
         200
     );
     assert!(server.interrupt().success());
+}
+
+#[tokio::test]
+async fn insights_are_served_with_their_filters() {
+    let (_nats, server) = seeded(&[]).await;
+    let list = server.get_json("/api/v1/insights").await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"scans_by_location") && names.contains(&"channel_funnel"));
+
+    // 250 scans, location i % 3: loc0 has 84, loc1 and loc2 83 each
+    let all = server.get_json("/api/v1/insights/scans_by_location").await;
+    let counts: Vec<(String, i64)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["location"].as_str().unwrap().into(),
+                r["scans"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("loc0".into(), 84),
+            ("loc1".into(), 83),
+            ("loc2".into(), 83)
+        ]
+    );
+    let one = server
+        .get_json("/api/v1/insights/scans_by_location?location=loc1")
+        .await;
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["scans"], 83);
+    // from the 101st event on (epoch milliseconds): 50 per location
+    let later = server
+        .get_json("/api/v1/insights/scans_by_location?from=1790000100000&format=json")
+        .await;
+    let later: Vec<i64> = later
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["scans"].as_i64().unwrap())
+        .collect();
+    assert_eq!(later, [50, 50, 50]);
+    // the same as the composable view
+    let view = server
+        .sql("SELECT location, scans FROM insight_scans_by_location WHERE location = 'loc2'")
+        .await;
+    assert_eq!(view[0]["scans"], 83);
+
+    // refusals: (path, status, what the error message must contain)
+    for (path, status, says) in [
+        ("/api/v1/insights/nope", 404, "scans_by_location"),
+        (
+            "/api/v1/insights/scans_by_location?from=yesterday",
+            400,
+            "parameter `from`",
+        ),
+        (
+            "/api/v1/insights/passes?to=2026-01-01&from=2026-02-01",
+            400,
+            "parameter `to`",
+        ),
+    ] {
+        let r = server.get(path).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains(says),
+            "{path}: {body}"
+        );
+    }
+    let get = |path: &str| server.get(path).send();
+    let r = get("/api/v1/insights/scan_heatmap?format=csv")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().starts_with("weekday,hour,scans\n"));
 }

@@ -1,4 +1,5 @@
-//! HTTP API of the query layer: `GET`/`POST /api/v1/query` and `GET /api/v1/stats`.
+//! HTTP API of the query layer: `GET`/`POST /api/v1/query`, `GET /api/v1/insights[/{name}]` and
+//! `GET /api/v1/stats`.
 //!
 //! A query runs entirely on the query runtime. The response head is sent once the first batch
 //! exists, so planning errors, refusals, timeouts and early execution errors get a proper status
@@ -11,18 +12,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
+use datafusion::common::ScalarValue;
 use futures::StreamExt;
 use passpulse_engine::Engine;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::format::{Encoder, Format};
+use crate::insights::{self, INSIGHTS, Scope};
 use crate::metrics::{Outcome, QueryMetrics};
 use crate::session::{QueryError, QueryService};
 
@@ -36,6 +39,8 @@ pub struct QueryState {
 pub fn router(state: QueryState) -> Router {
     Router::new()
         .route("/api/v1/query", get(get_query).post(post_query))
+        .route("/api/v1/insights", get(list_insights))
+        .route("/api/v1/insights/{name}", get(get_insight))
         .route("/api/v1/stats", get(stats))
         .with_state(state)
 }
@@ -43,6 +48,17 @@ pub fn router(state: QueryState) -> Router {
 #[derive(Debug, Deserialize)]
 struct QueryParams {
     sql: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InsightParams {
+    from: Option<String>,
+    to: Option<String>,
+    program: Option<String>,
+    source: Option<String>,
+    campaign: Option<String>,
+    location: Option<String>,
     format: Option<String>,
 }
 
@@ -113,11 +129,63 @@ async fn post_query(
     run(st, sql, format).await
 }
 
+async fn list_insights() -> Response {
+    let list: Vec<_> = INSIGHTS
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "name": i.name,
+                "title": i.title,
+                "view": i.view_name(),
+                "url": format!("/api/v1/insights/{}", i.name),
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+async fn get_insight(
+    State(st): State<QueryState>,
+    Path(name): Path<String>,
+    Query(p): Query<InsightParams>,
+) -> Response {
+    let Some(insight) = insights::find(&name) else {
+        let names: Vec<_> = INSIGHTS.iter().map(|i| i.name).collect();
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("no insight {name:?}: one of {}", names.join(", ")),
+        );
+    };
+    let scope = match Scope::parse(
+        p.from.as_deref(),
+        p.to.as_deref(),
+        p.program.as_deref(),
+        p.source.as_deref(),
+        p.campaign.as_deref(),
+        p.location.as_deref(),
+    ) {
+        Ok(s) => s,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let (sql, params) = insight.scoped_sql(&scope);
+    run_with(st, sql, params, p.format).await
+}
+
 async fn stats(State(st): State<QueryState>) -> Response {
     Json(st.engine.stats()).into_response()
 }
 
 async fn run(st: QueryState, sql: String, format: Option<String>) -> Response {
+    run_with(st, sql, Vec::new(), format).await
+}
+
+/// Runs `sql` with values for its named parameters and streams the result in `format`.
+async fn run_with(
+    st: QueryState,
+    sql: String,
+    params: Vec<(String, ScalarValue)>,
+    format: Option<String>,
+) -> Response {
     let format = match format.as_deref().map(Format::parse) {
         None => Format::Json,
         Some(Some(f)) => f,
@@ -141,7 +209,7 @@ async fn run(st: QueryState, sql: String, format: Option<String>) -> Response {
     service.runtime().spawn(execute(
         service.clone(),
         metrics,
-        sql,
+        (sql, params),
         format,
         head_tx,
         body_tx,
@@ -166,7 +234,7 @@ async fn run(st: QueryState, sql: String, format: Option<String>) -> Response {
 async fn execute(
     service: Arc<QueryService>,
     metrics: Arc<QueryMetrics>,
-    sql: String,
+    (sql, params): (String, Vec<(String, ScalarValue)>),
     format: Format,
     head_tx: oneshot::Sender<Result<(), QueryError>>,
     body_tx: mpsc::Sender<Result<Bytes, io::Error>>,
@@ -177,7 +245,7 @@ async fn execute(
     let mut head = Some(head_tx);
     let mut rows = 0u64;
     let work = async {
-        let (schema, mut stream) = service.start(&sql).await?;
+        let (schema, mut stream) = service.start_with(&sql, params).await?;
         let first = stream
             .next()
             .await

@@ -3,6 +3,7 @@
 
 pub mod format;
 pub mod http;
+pub mod insights;
 pub mod metrics;
 pub mod session;
 pub mod tables;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -15,6 +16,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use passpulse_engine::{Engine, TableName};
 
+use crate::insights::{INSIGHTS, PASS_ORIGIN_VIEW};
 use crate::tables::{EventsTable, LiveTable};
 
 /// Views over `events` registered with every session: (name, SQL).
@@ -157,16 +159,18 @@ impl QueryService {
                 Arc::new(LiveTable::aggregate(engine.clone(), t)),
             )?;
         }
-        for (name, sql) in VIEWS {
+        let views = VIEWS
+            .iter()
+            .chain([&PASS_ORIGIN_VIEW])
+            .map(|(name, sql)| (name.to_string(), sql.to_string()))
+            .chain(INSIGHTS.iter().map(|i| (i.view_name(), i.view_sql())));
+        for (name, sql) in views {
             // planning only reads table schemas: no I/O, so it can be driven here
-            let plan = futures::executor::block_on(ctx.state().create_logical_plan(sql))
+            let plan = futures::executor::block_on(ctx.state().create_logical_plan(&sql))
                 .map_err(|e| QueryError::Internal(format!("view {name}: {e}")))?;
             reg(
-                name,
-                Arc::new(datafusion::datasource::ViewTable::new(
-                    plan,
-                    Some(sql.into()),
-                )),
+                &name,
+                Arc::new(datafusion::datasource::ViewTable::new(plan, Some(sql))),
             )?;
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -201,11 +205,25 @@ impl QueryService {
         &self,
         sql: &str,
     ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
+        self.start_with(sql, Vec::new()).await
+    }
+
+    /// [`QueryService::start`] with values for the statement's named parameters (`$name`).
+    pub async fn start_with(
+        &self,
+        sql: &str,
+        params: Vec<(String, ScalarValue)>,
+    ) -> Result<(SchemaRef, SendableRecordBatchStream), QueryError> {
         let state = self.ctx.state();
-        let plan = state
+        let mut plan = state
             .create_logical_plan(sql)
             .await
             .map_err(|e| QueryError::from_df(e, &self.cfg))?;
+        if !params.is_empty() {
+            plan = plan
+                .with_param_values(params)
+                .map_err(|e| QueryError::from_df(e, &self.cfg))?;
+        }
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)

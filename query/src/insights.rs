@@ -1,0 +1,373 @@
+//! The named insights: SQL views over `events` that analysts can compose (`insight_<name>`), and
+//! the same SQL narrowed by a [`Scope`] for `GET /api/v1/insights/{name}`.
+//!
+//! Each insight is a template whose event source is written `{events}`. As a view, `{events}` is
+//! the whole `events` table. For the endpoint, it becomes a derived table of the events inside
+//! the scope; the scope's values are bound as named parameters (`$from`, `$source`, …), never
+//! written into the SQL text, so no request value can change a statement. Definitions, precise
+//! enough to recompute each figure by hand, are in `docs/insights.md`.
+
+use std::fmt::Write as _;
+
+use datafusion::common::ScalarValue;
+use passpulse_engine::schema::UTC;
+use passpulse_engine::time::parse_rfc3339_millis;
+
+/// One named insight.
+#[derive(Debug, Clone, Copy)]
+pub struct Insight {
+    pub name: &'static str,
+    /// One line for listings.
+    pub title: &'static str,
+    /// The query, with `{events}` where the events come from (always followed by `AS <alias>`).
+    template: &'static str,
+}
+
+impl Insight {
+    /// The view's name in SQL.
+    pub fn view_name(&self) -> String {
+        format!("insight_{}", self.name)
+    }
+
+    /// The SQL of the view: the template over every event.
+    pub fn view_sql(&self) -> String {
+        self.template.replace("{events}", "events")
+    }
+
+    /// The SQL over the events in `scope`, and the values of its parameters.
+    pub fn scoped_sql(&self, scope: &Scope) -> (String, Vec<(String, ScalarValue)>) {
+        let (source, params) = scope.events_sql();
+        (self.template.replace("{events}", &source), params)
+    }
+}
+
+/// The pass a passless-attribute event belongs to: its programme, signup source and campaign,
+/// from its `pass.issued` (the first one, by event time then stream order).
+pub const PASS_ORIGIN_VIEW: (&str, &str) = (
+    "pass_origin",
+    "SELECT pass, \
+       first_value(CAST(program AS VARCHAR) ORDER BY ts, seq) AS program, \
+       first_value(CAST(source AS VARCHAR) ORDER BY ts, seq) AS source, \
+       first_value(CAST(campaign AS VARCHAR) ORDER BY ts, seq) AS campaign, \
+       min(ts) AS issued_at \
+     FROM events WHERE type = 'pass.issued' GROUP BY pass",
+);
+
+/// Every insight, in the order of `docs/insights.md`.
+pub const INSIGHTS: &[Insight] = &[
+    Insight {
+        name: "adoption_daily",
+        title: "Passes issued, installs, removals and passes installed per UTC day",
+        template: "SELECT date_trunc('day', ts) AS day, \
+             count(*) FILTER (WHERE type = 'pass.issued') AS issued, \
+             count(*) FILTER (WHERE type = 'pass.installed') AS installs, \
+             count(*) FILTER (WHERE type = 'pass.uninstalled') AS uninstalls, \
+             count(DISTINCT pass) FILTER (WHERE type = 'pass.installed') AS passes_installed \
+           FROM {events} AS ev \
+           WHERE type IN ('pass.issued', 'pass.installed', 'pass.uninstalled') \
+           GROUP BY 1 ORDER BY 1",
+    },
+    Insight {
+        name: "scans_by_location",
+        title: "Scans per location: accepted, rejected, distinct passes, first and last scan",
+        template: "SELECT CAST(location AS VARCHAR) AS location, count(*) AS scans, \
+             count(*) FILTER (WHERE result = 'accepted') AS accepted, \
+             count(*) FILTER (WHERE result = 'rejected') AS rejected, \
+             count(DISTINCT pass) AS passes, min(ts) AS first_scan, max(ts) AS last_scan \
+           FROM {events} AS ev WHERE type = 'scan' \
+           GROUP BY 1 ORDER BY scans DESC, location",
+    },
+    Insight {
+        name: "scan_heatmap",
+        title: "Scans per hour of the week (UTC; weekday 0 = Sunday)",
+        template: "SELECT CAST(date_part('dow', ts) AS INT) AS weekday, \
+             CAST(date_part('hour', ts) AS INT) AS hour, count(*) AS scans \
+           FROM {events} AS ev WHERE type = 'scan' \
+           GROUP BY 1, 2 ORDER BY 1, 2",
+    },
+    Insight {
+        name: "location_peaks",
+        title: "Each location's busiest minute and hour of scanning",
+        template: "WITH minutes AS ( \
+             SELECT CAST(location AS VARCHAR) AS location, date_trunc('minute', ts) AS t, \
+                    count(*) AS scans \
+             FROM {events} AS ev WHERE type = 'scan' GROUP BY 1, 2), \
+           hours AS ( \
+             SELECT location, date_trunc('hour', t) AS t, sum(scans) AS scans \
+             FROM minutes GROUP BY 1, 2), \
+           top_minute AS ( \
+             SELECT location, t, scans, \
+                    row_number() OVER (PARTITION BY location ORDER BY scans DESC, t) AS rn \
+             FROM minutes), \
+           top_hour AS ( \
+             SELECT location, t, scans, \
+                    row_number() OVER (PARTITION BY location ORDER BY scans DESC, t) AS rn \
+             FROM hours) \
+           SELECT m.location, m.t AS peak_minute, m.scans AS peak_minute_scans, \
+                  h.t AS peak_hour, h.scans AS peak_hour_scans \
+           FROM top_minute m JOIN top_hour h ON m.location = h.location \
+           WHERE m.rn = 1 AND h.rn = 1 \
+           ORDER BY peak_minute_scans DESC, m.location",
+    },
+    Insight {
+        name: "channel_funnel",
+        title: "Per signup source and campaign: link clicked → issued → installed → first scan \
+                → redemption, with conversion rates",
+        template: "WITH per_pass AS ( \
+             SELECT pass, \
+                    max(CAST(source AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS source, \
+                    max(CAST(campaign AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS campaign, \
+                    bool_or(type = 'pass.issued') AS was_issued, \
+                    bool_or(type = 'pass.installed') AS was_installed, \
+                    bool_or(type = 'scan') AS was_scanned, \
+                    bool_or(type = 'redemption') AS was_redeemed \
+             FROM {events} AS ev WHERE pass IS NOT NULL GROUP BY pass), \
+           steps AS ( \
+             SELECT source, campaign, \
+                    count(*) AS issued, \
+                    count(*) FILTER (WHERE was_installed) AS installed, \
+                    count(*) FILTER (WHERE was_installed AND was_scanned) AS scanned, \
+                    count(*) FILTER (WHERE was_installed AND was_scanned AND was_redeemed) \
+                      AS redeemed \
+             FROM per_pass WHERE was_issued GROUP BY 1, 2), \
+           clicks AS ( \
+             SELECT CAST(source AS VARCHAR) AS source, CAST(campaign AS VARCHAR) AS campaign, \
+                    count(*) AS clicked \
+             FROM {events} AS ev WHERE type = 'link.clicked' GROUP BY 1, 2), \
+           joined AS ( \
+             SELECT coalesce(s.source, c.source) AS source, \
+                    coalesce(s.campaign, c.campaign) AS campaign, \
+                    coalesce(c.clicked, 0) AS clicked, coalesce(s.issued, 0) AS issued, \
+                    coalesce(s.installed, 0) AS installed, coalesce(s.scanned, 0) AS scanned, \
+                    coalesce(s.redeemed, 0) AS redeemed \
+             FROM steps s FULL JOIN clicks c \
+               ON (s.source IS NOT DISTINCT FROM c.source) \
+              AND (s.campaign IS NOT DISTINCT FROM c.campaign)) \
+           SELECT source, campaign, clicked, issued, installed, scanned, redeemed, \
+                  CASE WHEN clicked > 0 THEN issued * 1.0 / clicked END AS issued_per_click, \
+                  CASE WHEN issued > 0 THEN installed * 1.0 / issued END AS install_rate, \
+                  CASE WHEN installed > 0 THEN scanned * 1.0 / installed END AS scan_rate, \
+                  CASE WHEN scanned > 0 THEN redeemed * 1.0 / scanned END AS redemption_rate \
+           FROM joined ORDER BY issued DESC, clicked DESC, source, campaign",
+    },
+    Insight {
+        name: "passes",
+        title: "One row per pass: origin, lifecycle times, usage and current install state",
+        template: "WITH regs AS ( \
+             SELECT pass, device, \
+                    last_value(CAST(type AS VARCHAR) ORDER BY ts, seq) AS last \
+             FROM {events} AS ev \
+             WHERE type IN ('pass.installed', 'pass.uninstalled') GROUP BY pass, device), \
+           state AS ( \
+             SELECT pass, count(*) FILTER (WHERE last = 'pass.installed') AS devices \
+             FROM regs GROUP BY pass), \
+           life AS ( \
+             SELECT pass, \
+                    max(CAST(program AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS program, \
+                    max(CAST(source AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS source, \
+                    max(CAST(campaign AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS campaign, \
+                    min(ts) FILTER (WHERE type = 'pass.issued') AS issued_at, \
+                    min(ts) FILTER (WHERE type = 'pass.installed') AS installed_at, \
+                    min(ts) FILTER (WHERE type IN ('scan', 'redemption')) AS first_used_at, \
+                    max(ts) FILTER (WHERE type IN ('scan', 'redemption')) AS last_used_at, \
+                    max(ts) FILTER (WHERE type = 'pass.uninstalled') AS removed_at, \
+                    count(*) FILTER (WHERE type = 'scan') AS scans, \
+                    count(*) FILTER (WHERE type = 'redemption') AS redemptions \
+             FROM {events} AS ev WHERE pass IS NOT NULL GROUP BY pass) \
+           SELECT l.pass, l.program, l.source, l.campaign, l.issued_at, l.installed_at, \
+                  l.first_used_at, l.last_used_at, \
+                  CASE WHEN coalesce(s.devices, 0) = 0 THEN l.removed_at END AS removed_at, \
+                  l.scans, l.redemptions, coalesce(s.devices, 0) AS devices, \
+                  CASE WHEN coalesce(s.devices, 0) > 0 THEN 'installed' \
+                       WHEN s.pass IS NOT NULL THEN 'removed' \
+                       ELSE 'never installed' END AS state \
+           FROM life l LEFT JOIN state s ON l.pass = s.pass \
+           ORDER BY l.pass",
+    },
+];
+
+/// The insight called `name`.
+pub fn find(name: &str) -> Option<&'static Insight> {
+    INSIGHTS.iter().find(|i| i.name == name)
+}
+
+/// Which events an insight reads: a half-open event-time range and exact matches on the
+/// event's programme, source and campaign (or, for events that do not carry one, those of its
+/// pass's `pass.issued`) and on its location. Every part is optional.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope {
+    /// Epoch milliseconds, inclusive.
+    pub from: Option<i64>,
+    /// Epoch milliseconds, exclusive.
+    pub to: Option<i64>,
+    pub program: Option<String>,
+    pub source: Option<String>,
+    pub campaign: Option<String>,
+    pub location: Option<String>,
+}
+
+/// A scope value that cannot be used, named by its parameter.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("parameter `{param}`: {problem}")]
+pub struct ScopeError {
+    pub param: &'static str,
+    pub problem: String,
+}
+
+/// Longest accepted filter value, as the event fields themselves.
+const MAX_VALUE_CHARS: usize = passpulse_engine::event::MAX_STR_CHARS;
+
+impl Scope {
+    /// A scope from request parameters: `from`/`to` as RFC 3339 instants, UTC dates
+    /// (`2026-11-24` = that day's midnight) or epoch milliseconds; the others 1–256 characters.
+    pub fn parse(
+        from: Option<&str>,
+        to: Option<&str>,
+        program: Option<&str>,
+        source: Option<&str>,
+        campaign: Option<&str>,
+        location: Option<&str>,
+    ) -> Result<Scope, ScopeError> {
+        let scope = Scope {
+            from: from.map(|v| instant("from", v)).transpose()?,
+            to: to.map(|v| instant("to", v)).transpose()?,
+            program: program.map(|v| text("program", v)).transpose()?,
+            source: source.map(|v| text("source", v)).transpose()?,
+            campaign: campaign.map(|v| text("campaign", v)).transpose()?,
+            location: location.map(|v| text("location", v)).transpose()?,
+        };
+        if let (Some(f), Some(t)) = (scope.from, scope.to)
+            && f >= t
+        {
+            return Err(ScopeError {
+                param: "to",
+                problem: "must be later than `from`".into(),
+            });
+        }
+        Ok(scope)
+    }
+
+    /// The derived table of the events in scope (`(SELECT …)`), and its parameters.
+    fn events_sql(&self) -> (String, Vec<(String, ScalarValue)>) {
+        let mut conds = Vec::new();
+        let mut params = Vec::new();
+        let ts = |v: i64| ScalarValue::TimestampMillisecond(Some(v), Some(UTC.into()));
+        if let Some(v) = self.from {
+            conds.push("e.ts >= $from".to_string());
+            params.push(("from".to_string(), ts(v)));
+        }
+        if let Some(v) = self.to {
+            conds.push("e.ts < $to".to_string());
+            params.push(("to".to_string(), ts(v)));
+        }
+        let attributed = [
+            ("program", &self.program),
+            ("source", &self.source),
+            ("campaign", &self.campaign),
+        ];
+        let join = attributed.iter().any(|(_, v)| v.is_some());
+        for (name, value) in attributed {
+            if let Some(v) = value {
+                conds.push(format!(
+                    "coalesce(CAST(e.{name} AS VARCHAR), o.{name}) = ${name}"
+                ));
+                params.push((name.to_string(), ScalarValue::Utf8(Some(v.clone()))));
+            }
+        }
+        if let Some(v) = &self.location {
+            conds.push("CAST(e.location AS VARCHAR) = $location".to_string());
+            params.push(("location".to_string(), ScalarValue::Utf8(Some(v.clone()))));
+        }
+        let mut sql = String::from("(SELECT e.* FROM events e");
+        if join {
+            sql.push_str(" LEFT JOIN pass_origin o ON e.pass = o.pass");
+        }
+        if !conds.is_empty() {
+            let _ = write!(sql, " WHERE {}", conds.join(" AND "));
+        }
+        sql.push(')');
+        (sql, params)
+    }
+}
+
+fn instant(param: &'static str, v: &str) -> Result<i64, ScopeError> {
+    let v = v.trim();
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    let full = if v.len() == 10 {
+        format!("{v}T00:00:00Z")
+    } else {
+        v.to_string()
+    };
+    parse_rfc3339_millis(&full).ok_or_else(|| ScopeError {
+        param,
+        problem: format!(
+            "expected an RFC 3339 instant, a date (YYYY-MM-DD) or epoch milliseconds, got {v:?}"
+        ),
+    })
+}
+
+fn text(param: &'static str, v: &str) -> Result<String, ScopeError> {
+    let n = v.chars().count();
+    if n == 0 || n > MAX_VALUE_CHARS {
+        return Err(ScopeError {
+            param,
+            problem: format!("must be 1–{MAX_VALUE_CHARS} characters, got {n}"),
+        });
+    }
+    Ok(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_values_become_parameters_not_sql() {
+        let s = Scope::parse(
+            Some("2026-11-01"),
+            Some("2026-11-02T00:00:00+01:00"),
+            None,
+            Some("x' OR '1'='1"),
+            None,
+            Some("berlin"),
+        )
+        .unwrap();
+        assert_eq!(s.from, Some(1_793_491_200_000));
+        assert_eq!(s.to, Some(1_793_491_200_000 + 23 * 3_600_000));
+        let (sql, params) = find("scans_by_location").unwrap().scoped_sql(&s);
+        assert!(!sql.contains("OR '1'='1"), "{sql}");
+        assert!(sql.contains("LEFT JOIN pass_origin"));
+        let names: Vec<_> = params.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["from", "to", "source", "location"]);
+        // no attribute filter: no join
+        let (sql, _) = find("passes").unwrap().scoped_sql(&Scope::default());
+        assert!(!sql.contains("pass_origin") && sql.contains("(SELECT e.* FROM events e)"));
+    }
+
+    #[test]
+    fn bad_scope_values_are_named() {
+        let e = Scope::parse(Some("yesterday"), None, None, None, None, None).unwrap_err();
+        assert_eq!(e.param, "from");
+        let e = Scope::parse(
+            Some("2026-11-02"),
+            Some("2026-11-01"),
+            None,
+            None,
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.param, "to");
+        let long = "x".repeat(MAX_VALUE_CHARS + 1);
+        let e = Scope::parse(None, None, Some(&long), None, None, None).unwrap_err();
+        assert_eq!(e.param, "program");
+        assert_eq!(
+            Scope::parse(None, None, None, None, Some(""), None)
+                .unwrap_err()
+                .param,
+            "campaign"
+        );
+    }
+}

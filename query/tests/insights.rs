@@ -1,0 +1,352 @@
+//! Every insight over the fixed data set `data/insights/sample.ndjson`, against figures worked
+//! out by hand from that file (the reasoning is beside each expectation), unscoped and scoped.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use passpulse_engine::event::decode_message;
+use passpulse_engine::{DecodedBatch, EngineConfig, new_engine};
+use passpulse_query::format::{Encoder, Format};
+use passpulse_query::insights::{Scope, find};
+use passpulse_query::{QueryConfig, QueryService};
+use serde_json::{Value, json};
+
+fn service() -> Arc<QueryService> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/insights/sample.ndjson"
+    );
+    let bytes = std::fs::read(path).expect("fixture");
+    let mut batch = DecodedBatch::new();
+    decode_message(&bytes, 1, &mut batch, |e, _| panic!("fixture: {e}"));
+    let (mut w, engine) = new_engine(EngineConfig::default());
+    w.apply(&batch);
+    w.publish();
+    assert_eq!(engine.events_applied(), 20);
+    QueryService::new(engine, QueryConfig::default()).expect("query service")
+}
+
+/// Rows of `sql` (with `params`) as JSON objects.
+fn rows(
+    svc: &Arc<QueryService>,
+    sql: String,
+    params: Vec<(String, datafusion::common::ScalarValue)>,
+) -> Vec<Value> {
+    let s = svc.clone();
+    let out = svc.runtime().block_on(async move {
+        let (schema, mut stream) = s.start_with(&sql, params).await.expect(&sql);
+        let mut enc = Encoder::new(Format::Json, &schema).unwrap();
+        while let Some(b) = stream.next().await {
+            enc.write(&b.expect("batch")).unwrap();
+        }
+        let mut bytes = enc.take();
+        bytes.extend(enc.finish().unwrap());
+        bytes
+    });
+    serde_json::from_slice(&out).expect("JSON rows")
+}
+
+fn insight(svc: &Arc<QueryService>, name: &str, scope: &Scope) -> Vec<Value> {
+    let (sql, params) = find(name).expect(name).scoped_sql(scope);
+    rows(svc, sql, params)
+}
+
+/// The view's rows in `order` (a view's own ORDER BY does not survive being queried).
+fn view(svc: &Arc<QueryService>, name: &str, order: &str) -> Vec<Value> {
+    rows(
+        svc,
+        format!("SELECT * FROM insight_{name} ORDER BY {order}"),
+        Vec::new(),
+    )
+}
+
+fn scope(params: &[(&str, &str)]) -> Scope {
+    let get = |k: &str| params.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+    Scope::parse(
+        get("from"),
+        get("to"),
+        get("program"),
+        get("source"),
+        get("campaign"),
+        get("location"),
+    )
+    .unwrap()
+}
+
+/// Picks `keys` of each row, in order, so expectations stay readable.
+fn cols(rows: &[Value], keys: &[&str]) -> Vec<Vec<Value>> {
+    rows.iter()
+        .map(|r| keys.iter().map(|k| r[*k].clone()).collect())
+        .collect()
+}
+
+#[test]
+fn adoption_daily() {
+    let svc = service();
+    let all = view(&svc, "adoption_daily", "day");
+    let keys = ["issued", "installs", "uninstalls", "passes_installed"];
+    // 11-02: P1, P2, P3 issued; P1 and P2 installed. 11-03: P4 issued; P4 on D4 and D5;
+    // P2 (D2), P4 (D4) and P5 (D6, never issued) removed.
+    assert_eq!(
+        cols(&all, &keys),
+        [[3, 2, 0, 2], [1, 2, 3, 1]].map(|r| r.map(|v| json!(v)))
+    );
+    assert_eq!(
+        all.iter()
+            .map(|r| r["day"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"]
+    );
+    assert_eq!(
+        insight(&svc, "adoption_daily", &Scope::default()),
+        all,
+        "the view and the unscoped endpoint SQL agree"
+    );
+    let day2 = insight(&svc, "adoption_daily", &scope(&[("from", "2026-11-03")]));
+    assert_eq!(
+        cols(&day2, &keys),
+        [[1, 2, 3, 1]].map(|r| r.map(|v| json!(v)))
+    );
+    // by origin: store passes are P3 and P4
+    let store = insight(&svc, "adoption_daily", &scope(&[("source", "store")]));
+    assert_eq!(
+        cols(&store, &keys),
+        [[1, 0, 0, 0], [1, 2, 1, 1]].map(|r| r.map(|v| json!(v)))
+    );
+}
+
+#[test]
+fn scans_by_location_and_heatmap_and_peaks() {
+    let svc = service();
+    let keys = ["location", "scans", "accepted", "rejected", "passes"];
+    let all = view(&svc, "scans_by_location", "scans DESC, location");
+    assert_eq!(
+        cols(&all, &keys),
+        [
+            [json!("berlin"), json!(2), json!(2), json!(0), json!(1)],
+            [json!("hamburg"), json!(2), json!(1), json!(1), json!(1)],
+        ]
+    );
+    assert_eq!(all[0]["first_scan"], json!("2026-11-02T10:00:10Z"));
+    assert_eq!(all[0]["last_scan"], json!("2026-11-02T10:00:40Z"));
+    let hamburg = insight(
+        &svc,
+        "scans_by_location",
+        &scope(&[("location", "hamburg")]),
+    );
+    assert_eq!(
+        cols(&hamburg, &["location", "scans"]),
+        [[json!("hamburg"), json!(2)]]
+    );
+    // the email passes (P1, P2) scanned only in Berlin
+    let email = insight(&svc, "scans_by_location", &scope(&[("source", "email")]));
+    assert_eq!(
+        cols(&email, &["location", "scans"]),
+        [[json!("berlin"), json!(2)]]
+    );
+    // a value that would change the statement if it were pasted into the SQL matches nothing
+    let odd = insight(
+        &svc,
+        "scans_by_location",
+        &scope(&[("source", "x' OR '1'='1")]),
+    );
+    assert!(odd.is_empty(), "{odd:?}");
+
+    // 2026-11-02 is a Monday (1), 2026-11-03 a Tuesday (2)
+    let heat = view(&svc, "scan_heatmap", "weekday, hour");
+    assert_eq!(
+        cols(&heat, &["weekday", "hour", "scans"]),
+        [[1, 10, 2], [2, 14, 2]].map(|r| r.map(|v| json!(v)))
+    );
+
+    // Berlin: both scans in 10:00; Hamburg: 14:00 and 14:30 tie at one, the earlier wins
+    let peaks = view(&svc, "location_peaks", "peak_minute_scans DESC, location");
+    assert_eq!(
+        cols(
+            &peaks,
+            &[
+                "location",
+                "peak_minute",
+                "peak_minute_scans",
+                "peak_hour",
+                "peak_hour_scans"
+            ]
+        ),
+        [
+            [
+                json!("berlin"),
+                json!("2026-11-02T10:00:00Z"),
+                json!(2),
+                json!("2026-11-02T10:00:00Z"),
+                json!(2)
+            ],
+            [
+                json!("hamburg"),
+                json!("2026-11-03T14:00:00Z"),
+                json!(1),
+                json!("2026-11-03T14:00:00Z"),
+                json!(2)
+            ],
+        ]
+    );
+}
+
+#[test]
+fn channel_funnel() {
+    let svc = service();
+    let keys = [
+        "source",
+        "campaign",
+        "clicked",
+        "issued",
+        "installed",
+        "scanned",
+        "redeemed",
+    ];
+    let all = view(
+        &svc,
+        "channel_funnel",
+        "issued DESC, clicked DESC, source, campaign",
+    );
+    // email/spring: 3 clicks; P1 and P2 issued and installed; P1 scanned and redeemed.
+    // store: P3 and P4 issued; P4 installed and scanned, no redemption. sms: 1 click only.
+    // P5 was never issued, so it is in no funnel.
+    assert_eq!(
+        cols(&all, &keys),
+        [
+            [
+                json!("email"),
+                json!("spring"),
+                json!(3),
+                json!(2),
+                json!(2),
+                json!(1),
+                json!(1)
+            ],
+            [
+                json!("store"),
+                Value::Null,
+                json!(0),
+                json!(2),
+                json!(1),
+                json!(1),
+                json!(0)
+            ],
+            [
+                json!("sms"),
+                Value::Null,
+                json!(1),
+                json!(0),
+                json!(0),
+                json!(0),
+                json!(0)
+            ],
+        ]
+    );
+    let rates = [
+        "issued_per_click",
+        "install_rate",
+        "scan_rate",
+        "redemption_rate",
+    ];
+    let f = |v: f64| json!(v);
+    assert_eq!(
+        cols(&all, &rates),
+        [
+            [f(2.0 / 3.0), f(1.0), f(0.5), f(1.0)],
+            [Value::Null, f(0.5), f(1.0), f(0.0)],
+            [f(0.0), Value::Null, Value::Null, Value::Null],
+        ]
+    );
+    let email = insight(&svc, "channel_funnel", &scope(&[("campaign", "spring")]));
+    assert_eq!(cols(&email, &keys), cols(&all[..1], &keys));
+}
+
+#[test]
+fn passes() {
+    let svc = service();
+    let all = view(&svc, "passes", "pass");
+    let keys = [
+        "pass",
+        "source",
+        "installed_at",
+        "first_used_at",
+        "last_used_at",
+        "removed_at",
+        "scans",
+        "redemptions",
+        "devices",
+        "state",
+    ];
+    let n = Value::Null;
+    assert_eq!(
+        cols(&all, &keys),
+        [
+            [
+                json!("P1"),
+                json!("email"),
+                json!("2026-11-02T09:05:00Z"),
+                json!("2026-11-02T10:00:10Z"),
+                json!("2026-11-02T10:01:00Z"),
+                n.clone(),
+                json!(2),
+                json!(1),
+                json!(1),
+                json!("installed"),
+            ],
+            [
+                json!("P2"),
+                json!("email"),
+                json!("2026-11-02T09:20:00Z"),
+                n.clone(),
+                n.clone(),
+                json!("2026-11-03T08:00:00Z"),
+                json!(0),
+                json!(0),
+                json!(0),
+                json!("removed"),
+            ],
+            [
+                json!("P3"),
+                json!("store"),
+                n.clone(),
+                n.clone(),
+                n.clone(),
+                n.clone(),
+                json!(0),
+                json!(0),
+                json!(0),
+                json!("never installed"),
+            ],
+            // D4 removed, D5 still there: installed, no removal time
+            [
+                json!("P4"),
+                json!("store"),
+                json!("2026-11-03T12:05:00Z"),
+                json!("2026-11-03T14:00:00Z"),
+                json!("2026-11-03T14:30:00Z"),
+                n.clone(),
+                json!(2),
+                json!(0),
+                json!(1),
+                json!("installed"),
+            ],
+            // removed without an issue or install event in the data
+            [
+                json!("P5"),
+                n.clone(),
+                n.clone(),
+                n.clone(),
+                n.clone(),
+                json!("2026-11-03T15:00:00Z"),
+                json!(0),
+                json!(0),
+                json!(0),
+                json!("removed"),
+            ],
+        ]
+    );
+    assert_eq!(all[0]["program"], json!("loyalty"));
+    assert_eq!(all[0]["campaign"], json!("spring"));
+    assert_eq!(all[0]["issued_at"], json!("2026-11-02T09:00:00Z"));
+}

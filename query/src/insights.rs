@@ -53,6 +53,64 @@ pub const PASS_ORIGIN_VIEW: (&str, &str) = (
      FROM events WHERE type = 'pass.issued' GROUP BY pass",
 );
 
+/// `WITH … pass_rows AS (…)`: one row per pass seen in any event, with its origin, lifecycle
+/// times, usage and current install state (see `passes` in `docs/insights.md`).
+macro_rules! pass_rows {
+    () => {
+        "WITH regs AS ( \
+           SELECT pass, device, last_value(CAST(type AS VARCHAR) ORDER BY ts, seq) AS last \
+           FROM {events} AS ev \
+           WHERE type IN ('pass.installed', 'pass.uninstalled') GROUP BY pass, device), \
+         state AS ( \
+           SELECT pass, count(*) FILTER (WHERE last = 'pass.installed') AS devices \
+           FROM regs GROUP BY pass), \
+         life AS ( \
+           SELECT pass, \
+                  max(CAST(program AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS program, \
+                  max(CAST(source AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS source, \
+                  max(CAST(campaign AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS campaign, \
+                  max(customer) FILTER (WHERE type = 'pass.issued') AS customer, \
+                  min(ts) FILTER (WHERE type = 'pass.issued') AS issued_at, \
+                  min(ts) FILTER (WHERE type = 'pass.installed') AS installed_at, \
+                  min(ts) FILTER (WHERE type IN ('scan', 'redemption')) AS first_used_at, \
+                  max(ts) FILTER (WHERE type IN ('scan', 'redemption')) AS last_used_at, \
+                  max(ts) FILTER (WHERE type = 'pass.uninstalled') AS removed_at, \
+                  count(*) FILTER (WHERE type = 'scan') AS scans, \
+                  count(*) FILTER (WHERE type = 'redemption') AS redemptions \
+           FROM {events} AS ev WHERE pass IS NOT NULL GROUP BY pass), \
+         pass_rows AS ( \
+           SELECT l.pass, l.program, l.source, l.campaign, l.customer, l.issued_at, \
+                  l.installed_at, l.first_used_at, l.last_used_at, \
+                  CASE WHEN coalesce(s.devices, 0) = 0 THEN l.removed_at END AS removed_at, \
+                  l.scans, l.redemptions, coalesce(s.devices, 0) AS devices, \
+                  CASE WHEN coalesce(s.devices, 0) > 0 THEN 'installed' \
+                       WHEN s.pass IS NOT NULL THEN 'removed' \
+                       ELSE 'never installed' END AS state \
+           FROM life l LEFT JOIN state s ON l.pass = s.pass)"
+    };
+}
+
+/// `WITH registrations AS (…)`: every install and removal of a pass on a device, a removal with
+/// the install it ends (the same pass and device's previous event, if it is an install).
+macro_rules! removals {
+    () => {
+        "WITH ordered AS ( \
+           SELECT pass, device, CAST(type AS VARCHAR) AS kind, ts, \
+                  lag(CAST(type AS VARCHAR)) OVER (PARTITION BY pass, device ORDER BY ts, seq) \
+                    AS prev_kind, \
+                  lag(ts) OVER (PARTITION BY pass, device ORDER BY ts, seq) AS prev_ts \
+           FROM {events} AS ev WHERE type IN ('pass.installed', 'pass.uninstalled')), \
+         registrations AS ( \
+           SELECT pass, device, kind, ts, \
+                  CASE WHEN kind = 'pass.uninstalled' AND prev_kind = 'pass.installed' \
+                    THEN prev_ts END AS installed_at, \
+                  CASE WHEN kind = 'pass.uninstalled' AND prev_kind = 'pass.installed' \
+                    THEN (CAST(ts AS BIGINT) - CAST(prev_ts AS BIGINT)) / 3600000.0 END \
+                    AS hours_installed \
+           FROM ordered)"
+    };
+}
+
 /// Every insight, in the order of `docs/insights.md`.
 pub const INSIGHTS: &[Insight] = &[
     Insight {
@@ -153,36 +211,118 @@ pub const INSIGHTS: &[Insight] = &[
     Insight {
         name: "passes",
         title: "One row per pass: origin, lifecycle times, usage and current install state",
-        template: "WITH regs AS ( \
-             SELECT pass, device, \
-                    last_value(CAST(type AS VARCHAR) ORDER BY ts, seq) AS last \
-             FROM {events} AS ev \
-             WHERE type IN ('pass.installed', 'pass.uninstalled') GROUP BY pass, device), \
-           state AS ( \
-             SELECT pass, count(*) FILTER (WHERE last = 'pass.installed') AS devices \
-             FROM regs GROUP BY pass), \
-           life AS ( \
-             SELECT pass, \
-                    max(CAST(program AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS program, \
-                    max(CAST(source AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS source, \
-                    max(CAST(campaign AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS campaign, \
-                    min(ts) FILTER (WHERE type = 'pass.issued') AS issued_at, \
-                    min(ts) FILTER (WHERE type = 'pass.installed') AS installed_at, \
-                    min(ts) FILTER (WHERE type IN ('scan', 'redemption')) AS first_used_at, \
-                    max(ts) FILTER (WHERE type IN ('scan', 'redemption')) AS last_used_at, \
-                    max(ts) FILTER (WHERE type = 'pass.uninstalled') AS removed_at, \
-                    count(*) FILTER (WHERE type = 'scan') AS scans, \
-                    count(*) FILTER (WHERE type = 'redemption') AS redemptions \
-             FROM {events} AS ev WHERE pass IS NOT NULL GROUP BY pass) \
-           SELECT l.pass, l.program, l.source, l.campaign, l.issued_at, l.installed_at, \
-                  l.first_used_at, l.last_used_at, \
-                  CASE WHEN coalesce(s.devices, 0) = 0 THEN l.removed_at END AS removed_at, \
-                  l.scans, l.redemptions, coalesce(s.devices, 0) AS devices, \
-                  CASE WHEN coalesce(s.devices, 0) > 0 THEN 'installed' \
-                       WHEN s.pass IS NOT NULL THEN 'removed' \
-                       ELSE 'never installed' END AS state \
-           FROM life l LEFT JOIN state s ON l.pass = s.pass \
-           ORDER BY l.pass",
+        template: concat!(pass_rows!(), " SELECT * FROM pass_rows ORDER BY pass"),
+    },
+    Insight {
+        name: "postal_list",
+        title: "Customers whose pass is not installed (never, or removed): who still needs a letter",
+        template: concat!(
+            pass_rows!(),
+            " SELECT customer, pass, program, source, state, issued_at, removed_at \
+              FROM pass_rows WHERE state <> 'installed' AND customer IS NOT NULL \
+              ORDER BY customer, pass"
+        ),
+    },
+    Insight {
+        name: "uninstall_patterns",
+        title: "Per signup source: registrations, removals, uninstall rate, time installed before \
+                removal (median, 90th percentile)",
+        template: concat!(
+            removals!(),
+            " SELECT o.source, \
+                count(*) FILTER (WHERE r.kind = 'pass.installed') AS installs, \
+                count(*) FILTER (WHERE r.kind = 'pass.uninstalled') AS removals, \
+                CASE WHEN count(*) FILTER (WHERE r.kind = 'pass.installed') > 0 \
+                  THEN count(*) FILTER (WHERE r.kind = 'pass.uninstalled') * 1.0 \
+                       / count(*) FILTER (WHERE r.kind = 'pass.installed') END AS uninstall_rate, \
+                median(r.hours_installed) AS median_hours_installed, \
+                percentile_cont(0.9) WITHIN GROUP (ORDER BY r.hours_installed) \
+                  AS p90_hours_installed \
+              FROM registrations r LEFT JOIN pass_origin o ON r.pass = o.pass \
+              GROUP BY o.source ORDER BY o.source NULLS LAST"
+        ),
+    },
+    Insight {
+        name: "removals",
+        title: "One row per removal of a pass from a device, with how long it had been installed",
+        template: concat!(
+            removals!(),
+            " SELECT pass, device, installed_at, ts AS removed_at, hours_installed \
+              FROM registrations WHERE kind = 'pass.uninstalled' ORDER BY ts, pass, device"
+        ),
+    },
+    Insight {
+        name: "survival",
+        title: "Share of installed passes still installed 1, 7, 30 and 90 days after their first \
+                install, by issue-week cohort and signup source",
+        template: "WITH firsts AS ( \
+             SELECT pass, min(ts) AS t0 FROM {events} AS ev \
+             WHERE type = 'pass.installed' GROUP BY pass), \
+           horizon AS (SELECT max(ts) AS h FROM {events} AS ev), \
+           days AS (SELECT column1 AS d FROM (VALUES (1), (7), (30), (90))), \
+           checks AS ( \
+             SELECT f.pass, f.t0, days.d, \
+                    CAST(f.t0 AS BIGINT) + days.d * 86400000 AS at_ms \
+             FROM firsts f CROSS JOIN days CROSS JOIN horizon \
+             WHERE CAST(f.t0 AS BIGINT) + days.d * 86400000 <= CAST(horizon.h AS BIGINT)), \
+           latest AS ( \
+             SELECT c.pass, c.d, e.device, \
+                    last_value(CAST(e.type AS VARCHAR) ORDER BY e.ts, e.seq) AS last \
+             FROM checks c JOIN {events} AS e ON e.pass = c.pass \
+             WHERE e.type IN ('pass.installed', 'pass.uninstalled') \
+               AND CAST(e.ts AS BIGINT) <= c.at_ms \
+             GROUP BY c.pass, c.d, e.device), \
+           alive AS ( \
+             SELECT pass, d, bool_or(last = 'pass.installed') AS installed \
+             FROM latest GROUP BY pass, d) \
+           SELECT date_trunc('week', coalesce(o.issued_at, c.t0)) AS cohort_week, o.source, \
+                  c.d AS days, count(*) AS passes, \
+                  count(*) FILTER (WHERE a.installed) AS still_installed, \
+                  count(*) FILTER (WHERE a.installed) * 1.0 / count(*) AS survival \
+           FROM checks c JOIN alive a ON c.pass = a.pass AND c.d = a.d \
+           LEFT JOIN pass_origin o ON c.pass = o.pass \
+           GROUP BY 1, 2, 3 ORDER BY 1, 2 NULLS LAST, 3",
+    },
+    Insight {
+        name: "offers",
+        title: "Per offer: views, engagements, redemptions, redemption value and rate",
+        template: "SELECT CAST(offer AS VARCHAR) AS offer, \
+             count(*) FILTER (WHERE type = 'offer.viewed') AS views, \
+             count(*) FILTER (WHERE type = 'offer.engaged') AS engagements, \
+             count(*) FILTER (WHERE type = 'redemption') AS redemptions, \
+             sum(value) FILTER (WHERE type = 'redemption') AS redeemed_value, \
+             count(DISTINCT pass) FILTER (WHERE type = 'offer.viewed') AS passes_viewing, \
+             count(DISTINCT pass) FILTER (WHERE type = 'redemption') AS passes_redeeming, \
+             CASE WHEN count(DISTINCT pass) FILTER (WHERE type = 'offer.viewed') > 0 \
+               THEN count(DISTINCT pass) FILTER (WHERE type = 'redemption') * 1.0 \
+                    / count(DISTINCT pass) FILTER (WHERE type = 'offer.viewed') END \
+               AS redemption_rate \
+           FROM {events} AS ev \
+           WHERE type IN ('offer.viewed', 'offer.engaged', 'redemption') AND offer IS NOT NULL \
+           GROUP BY 1 ORDER BY redemptions DESC, views DESC, offer",
+    },
+    Insight {
+        name: "interaction_frequency",
+        title: "Per week: how many scanning passes were scanned once, twice, … (the distribution of \
+                scans per active pass)",
+        template: "WITH weekly AS ( \
+             SELECT date_trunc('week', ts) AS week, pass, count(*) AS scans \
+             FROM {events} AS ev WHERE type = 'scan' GROUP BY 1, 2) \
+           SELECT week, scans AS scans_per_pass, count(*) AS passes \
+           FROM weekly GROUP BY 1, 2 ORDER BY 1, 2",
+    },
+    Insight {
+        name: "repeat_visits",
+        title: "Passes scanned, passes scanned on two or more days, and the repeat-visit rate",
+        template: "WITH visits AS ( \
+             SELECT pass, count(DISTINCT date_trunc('day', ts)) AS days \
+             FROM {events} AS ev WHERE type = 'scan' GROUP BY pass) \
+           SELECT count(*) AS passes_scanned, \
+                  count(*) FILTER (WHERE days >= 2) AS repeat_passes, \
+                  CASE WHEN count(*) > 0 \
+                    THEN count(*) FILTER (WHERE days >= 2) * 1.0 / count(*) END \
+                    AS repeat_visit_rate \
+           FROM visits",
     },
 ];
 

@@ -1,4 +1,4 @@
-//! Every insight over the fixed data set `data/insights/sample.ndjson`, against figures worked
+//! Every insight over the fixed data set `data/insights/sample.ndjson` (24 events), against figures worked
 //! out by hand from that file (the reasoning is beside each expectation), unscoped and scoped.
 
 use std::sync::Arc;
@@ -22,7 +22,7 @@ fn service() -> Arc<QueryService> {
     let (mut w, engine) = new_engine(EngineConfig::default());
     w.apply(&batch);
     w.publish();
-    assert_eq!(engine.events_applied(), 20);
+    assert_eq!(engine.events_applied(), 24);
     QueryService::new(engine, QueryConfig::default()).expect("query service")
 }
 
@@ -123,12 +123,12 @@ fn scans_by_location_and_heatmap_and_peaks() {
     assert_eq!(
         cols(&all, &keys),
         [
-            [json!("berlin"), json!(2), json!(2), json!(0), json!(1)],
+            [json!("berlin"), json!(3), json!(3), json!(0), json!(1)],
             [json!("hamburg"), json!(2), json!(1), json!(1), json!(1)],
         ]
     );
     assert_eq!(all[0]["first_scan"], json!("2026-11-02T10:00:10Z"));
-    assert_eq!(all[0]["last_scan"], json!("2026-11-02T10:00:40Z"));
+    assert_eq!(all[0]["last_scan"], json!("2026-11-03T10:00:00Z"));
     let hamburg = insight(
         &svc,
         "scans_by_location",
@@ -142,7 +142,7 @@ fn scans_by_location_and_heatmap_and_peaks() {
     let email = insight(&svc, "scans_by_location", &scope(&[("source", "email")]));
     assert_eq!(
         cols(&email, &["location", "scans"]),
-        [[json!("berlin"), json!(2)]]
+        [[json!("berlin"), json!(3)]]
     );
     // a value that would change the statement if it were pasted into the SQL matches nothing
     let odd = insight(
@@ -156,10 +156,10 @@ fn scans_by_location_and_heatmap_and_peaks() {
     let heat = view(&svc, "scan_heatmap", "weekday, hour");
     assert_eq!(
         cols(&heat, &["weekday", "hour", "scans"]),
-        [[1, 10, 2], [2, 14, 2]].map(|r| r.map(|v| json!(v)))
+        [[1, 10, 2], [2, 10, 1], [2, 14, 2]].map(|r| r.map(|v| json!(v)))
     );
 
-    // Berlin: both scans in 10:00; Hamburg: 14:00 and 14:30 tie at one, the earlier wins
+    // Berlin: two scans in 11-02 10:00 (one in 11-03 10:00); Hamburg: 14:00 and 14:30 tie at one, the earlier wins
     let peaks = view(&svc, "location_peaks", "peak_minute_scans DESC, location");
     assert_eq!(
         cols(
@@ -287,9 +287,9 @@ fn passes() {
                 json!("email"),
                 json!("2026-11-02T09:05:00Z"),
                 json!("2026-11-02T10:00:10Z"),
-                json!("2026-11-02T10:01:00Z"),
+                json!("2026-11-03T10:00:00Z"),
                 n.clone(),
-                json!(2),
+                json!(3),
                 json!(1),
                 json!(1),
                 json!("installed"),
@@ -349,4 +349,126 @@ fn passes() {
     assert_eq!(all[0]["program"], json!("loyalty"));
     assert_eq!(all[0]["campaign"], json!("spring"));
     assert_eq!(all[0]["issued_at"], json!("2026-11-02T09:00:00Z"));
+}
+
+fn approx(v: &Value, want: f64) {
+    let got = v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"));
+    assert!((got - want).abs() < 1e-9, "{got} != {want}");
+}
+
+#[test]
+fn postal_list() {
+    let svc = service();
+    // P2 removed, P3 never installed; P5 is not installed either but has no customer
+    let rows = view(&svc, "postal_list", "customer");
+    assert_eq!(
+        cols(&rows, &["customer", "pass", "state"]),
+        [
+            [json!("C2"), json!("P2"), json!("removed")],
+            [json!("C3"), json!("P3"), json!("never installed")],
+        ]
+    );
+}
+
+#[test]
+fn uninstall_patterns_removals_and_survival() {
+    let svc = service();
+    // P2 on D2: 11-02 09:20 → 11-03 08:00 = 22 h 40 min; P4 on D4: 12:05 → 13:00 = 55 min;
+    // P5 on D6: removed with no install before it
+    let removals = view(&svc, "removals", "removed_at");
+    assert_eq!(
+        cols(&removals, &["pass", "device", "installed_at"]),
+        [
+            [json!("P2"), json!("D2"), json!("2026-11-02T09:20:00Z")],
+            [json!("P4"), json!("D4"), json!("2026-11-03T12:05:00Z")],
+            [json!("P5"), json!("D6"), Value::Null],
+        ]
+    );
+    approx(&removals[0]["hours_installed"], 22.0 + 40.0 / 60.0);
+    approx(&removals[1]["hours_installed"], 55.0 / 60.0);
+    assert_eq!(removals[2]["hours_installed"], Value::Null);
+
+    let by_source = view(&svc, "uninstall_patterns", "source NULLS LAST");
+    assert_eq!(
+        cols(&by_source, &["source", "installs", "removals"]),
+        [
+            [json!("email"), json!(2), json!(1)],
+            [json!("store"), json!(2), json!(1)],
+            [Value::Null, json!(0), json!(1)],
+        ]
+    );
+    approx(&by_source[0]["uninstall_rate"], 0.5);
+    approx(&by_source[0]["median_hours_installed"], 22.0 + 40.0 / 60.0);
+    approx(&by_source[0]["p90_hours_installed"], 22.0 + 40.0 / 60.0);
+    approx(&by_source[1]["median_hours_installed"], 55.0 / 60.0);
+    assert_eq!(by_source[2]["uninstall_rate"], Value::Null);
+
+    // the data ends 11-03 15:00: only P1 and P2 have a full day after their first install
+    // (P4's day is not over); P1 is still installed a day later, P2 was removed
+    let survival = view(&svc, "survival", "cohort_week, source, days");
+    assert_eq!(
+        cols(
+            &survival,
+            &["cohort_week", "source", "days", "passes", "still_installed"]
+        ),
+        [[
+            json!("2026-11-02T00:00:00Z"),
+            json!("email"),
+            json!(1),
+            json!(2),
+            json!(1)
+        ]]
+    );
+    approx(&survival[0]["survival"], 0.5);
+}
+
+#[test]
+fn offers_frequency_and_repeat_visits() {
+    let svc = service();
+    let offers = view(&svc, "offers", "offer");
+    assert_eq!(
+        cols(
+            &offers,
+            &[
+                "offer",
+                "views",
+                "engagements",
+                "redemptions",
+                "passes_viewing",
+                "passes_redeeming"
+            ]
+        ),
+        [[
+            json!("O1"),
+            json!(2),
+            json!(1),
+            json!(1),
+            json!(2),
+            json!(1)
+        ]]
+    );
+    approx(&offers[0]["redeemed_value"], 5.0);
+    approx(&offers[0]["redemption_rate"], 0.5);
+
+    // week of Monday 11-02: P1 scanned 3 times, P4 twice
+    let freq = view(&svc, "interaction_frequency", "week, scans_per_pass");
+    assert_eq!(
+        cols(&freq, &["week", "scans_per_pass", "passes"]),
+        [
+            [json!("2026-11-02T00:00:00Z"), json!(2), json!(1)],
+            [json!("2026-11-02T00:00:00Z"), json!(3), json!(1)],
+        ]
+    );
+    // P1 was scanned on 11-02 and 11-03, P4 on 11-03 only
+    let repeat = view(&svc, "repeat_visits", "passes_scanned");
+    assert_eq!(
+        cols(&repeat, &["passes_scanned", "repeat_passes"]),
+        [[json!(2), json!(1)]]
+    );
+    approx(&repeat[0]["repeat_visit_rate"], 0.5);
+    let hamburg = insight(&svc, "repeat_visits", &scope(&[("location", "hamburg")]));
+    assert_eq!(
+        cols(&hamburg, &["passes_scanned", "repeat_passes"]),
+        [[json!(1), json!(0)]]
+    );
 }

@@ -114,6 +114,11 @@ pub struct QuerySection {
     pub threads: usize,
     /// Largest response body, in MiB.
     pub max_result_mb: usize,
+    /// Cost of one postal letter (the `postal_savings` insight), in your currency.
+    pub letter_cost: f64,
+    /// A wallet device with no event for this long leaves the estimated active base.
+    #[serde(with = "humantime_serde")]
+    pub silent_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +161,8 @@ impl Default for QuerySection {
             memory_limit_mb: 1024,
             threads: 2,
             max_result_mb: 1024,
+            letter_cost: 1.0,
+            silent_after: Duration::from_secs(90 * 86_400),
         }
     }
 }

@@ -13,6 +13,7 @@ use passpulse_issuer::Issuer;
 use passpulse_issuer::http::IssuerSlot;
 use passpulse_issuer::lifecycle::Lifecycle;
 use passpulse_issuer::registry::Registry;
+use passpulse_query::insights::InsightSettings;
 use passpulse_query::{QueryConfig, QueryMetrics, QueryService, QueryState};
 use tokio::sync::watch;
 use tracing::info;
@@ -58,6 +59,12 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let ingest_metrics = pipeline.metrics.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    if !(cfg.query.letter_cost.is_finite() && cfg.query.letter_cost >= 0.0) {
+        anyhow::bail!(
+            "query.letter_cost must be a number of at least 0, got {}",
+            cfg.query.letter_cost
+        );
+    }
     let service = QueryService::new(
         engine.clone(),
         QueryConfig {
@@ -65,6 +72,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
             timeout: cfg.query.timeout,
             threads: cfg.query.threads,
             max_result_bytes: cfg.query.max_result_mb << 20,
+            insights: InsightSettings {
+                letter_cost: cfg.query.letter_cost,
+                silent_after_ms: i64::try_from(cfg.query.silent_after.as_millis())
+                    .unwrap_or(i64::MAX),
+            },
         },
     )?;
     let query_metrics = Arc::new(QueryMetrics::default());

@@ -59,6 +59,8 @@ struct InsightParams {
     source: Option<String>,
     campaign: Option<String>,
     location: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
     format: Option<String>,
 }
 
@@ -163,11 +165,13 @@ async fn get_insight(
         p.source.as_deref(),
         p.campaign.as_deref(),
         p.location.as_deref(),
-    ) {
+    )
+    .and_then(|s| s.with_page(p.limit.as_deref(), p.offset.as_deref()))
+    {
         Ok(s) => s,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let (sql, params) = insight.scoped_sql(&scope);
+    let (sql, params) = insight.scoped_sql(&scope, &st.service.config().insights);
     run_with(st, sql, params, p.format).await
 }
 

@@ -23,23 +23,67 @@ pub struct Insight {
     template: &'static str,
 }
 
+/// Settings some insights use, from the server's configuration (`[insights]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InsightSettings {
+    /// Cost of one postal letter, in the user's currency (default 1.00).
+    pub letter_cost: f64,
+    /// A device with no event for this long (milliseconds) no longer counts in the estimated
+    /// active base (default 90 days).
+    pub silent_after_ms: i64,
+}
+
+impl Default for InsightSettings {
+    fn default() -> Self {
+        InsightSettings {
+            letter_cost: 1.0,
+            silent_after_ms: 90 * 86_400_000,
+        }
+    }
+}
+
 impl Insight {
     /// The view's name in SQL.
     pub fn view_name(&self) -> String {
         format!("insight_{}", self.name)
     }
 
-    /// The SQL of the view: the template over every event.
-    pub fn view_sql(&self) -> String {
-        self.template.replace("{events}", "events")
+    /// The SQL of the view: the template over every event (feeds: the first page).
+    pub fn view_sql(&self, settings: &InsightSettings) -> String {
+        self.render("events", DEFAULT_LIMIT, 0, settings)
     }
 
     /// The SQL over the events in `scope`, and the values of its parameters.
-    pub fn scoped_sql(&self, scope: &Scope) -> (String, Vec<(String, ScalarValue)>) {
+    pub fn scoped_sql(
+        &self,
+        scope: &Scope,
+        settings: &InsightSettings,
+    ) -> (String, Vec<(String, ScalarValue)>) {
         let (source, params) = scope.events_sql();
-        (self.template.replace("{events}", &source), params)
+        let sql = self.render(&source, scope.limit, scope.offset, settings);
+        (sql, params)
+    }
+
+    /// The template with its event source and the numbers written in: numbers the server
+    /// formats itself (configuration, a validated page), never request text.
+    fn render(&self, events: &str, limit: u32, offset: u32, settings: &InsightSettings) -> String {
+        let cost = if settings.letter_cost.is_finite() {
+            settings.letter_cost
+        } else {
+            0.0
+        };
+        self.template
+            .replace("{letter_cost}", &format!("{cost:?}"))
+            .replace("{silent_ms}", &settings.silent_after_ms.to_string())
+            .replace("{limit}", &limit.to_string())
+            .replace("{offset}", &offset.to_string())
+            .replace("{events}", events)
     }
 }
+
+/// Rows per page of the feeds (`limit`), and the most one request may ask for.
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 10_000;
 
 /// The pass a passless-attribute event belongs to: its programme, signup source and campaign,
 /// from its `pass.issued` (the first one, by event time then stream order).
@@ -324,6 +368,102 @@ pub const INSIGHTS: &[Insight] = &[
                     AS repeat_visit_rate \
            FROM visits",
     },
+    Insight {
+        name: "active_base_daily",
+        title: "Exact active install base at the end of each day with changes, by platform, \
+                programme and signup source",
+        template: "WITH ordered AS ( \
+             SELECT pass, device, CAST(platform AS VARCHAR) AS platform, ts, \
+                    CAST(type AS VARCHAR) AS kind, \
+                    lag(CAST(type AS VARCHAR)) OVER (PARTITION BY pass, device ORDER BY ts, seq) \
+                      AS prev_kind \
+             FROM {events} AS ev WHERE type IN ('pass.installed', 'pass.uninstalled')), \
+           changes AS ( \
+             SELECT date_trunc('day', r.ts) AS day, r.platform, o.program, o.source, \
+                    CASE WHEN r.kind = 'pass.installed' \
+                              AND (r.prev_kind IS NULL OR r.prev_kind = 'pass.uninstalled') THEN 1 \
+                         WHEN r.kind = 'pass.uninstalled' AND r.prev_kind = 'pass.installed' \
+                           THEN -1 \
+                         ELSE 0 END AS delta \
+             FROM ordered r LEFT JOIN pass_origin o ON r.pass = o.pass), \
+           daily AS ( \
+             SELECT day, platform, program, source, sum(delta) AS net, \
+                    sum(CASE WHEN delta > 0 THEN 1 ELSE 0 END) AS installs, \
+                    sum(CASE WHEN delta < 0 THEN 1 ELSE 0 END) AS removals \
+             FROM changes GROUP BY 1, 2, 3, 4) \
+           SELECT day, platform, program, source, installs, removals, \
+                  sum(net) OVER (PARTITION BY platform, program, source ORDER BY day \
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS active \
+           FROM daily ORDER BY day, platform, program NULLS LAST, source NULLS LAST",
+    },
+    Insight {
+        name: "estimated_active_base",
+        title: "Active registrations now, and the estimate that leaves out devices gone or silent \
+                too long, by platform, programme and signup source",
+        template: "WITH latest AS ( \
+             SELECT pass, device, \
+                    last_value(CAST(type AS VARCHAR) ORDER BY ts, seq) AS last, \
+                    last_value(CAST(platform AS VARCHAR) ORDER BY ts, seq) AS platform \
+             FROM {events} AS ev WHERE type IN ('pass.installed', 'pass.uninstalled') \
+             GROUP BY pass, device), \
+           active AS (SELECT pass, device, platform FROM latest WHERE last = 'pass.installed'), \
+           seen AS ( \
+             SELECT device, max(ts) AS last_seen, \
+                    max(ts) FILTER (WHERE type = 'device.gone') AS gone_at, \
+                    max(ts) FILTER (WHERE type = 'pass.installed') AS installed_at \
+             FROM {events} AS ev WHERE device IS NOT NULL \
+               AND type NOT IN ('scan', 'redemption') GROUP BY device), \
+           horizon AS (SELECT max(ts) AS h FROM {events} AS ev), \
+           judged AS ( \
+             SELECT a.platform, o.program, o.source, \
+                    (s.gone_at IS NOT NULL AND s.gone_at >= s.installed_at) AS gone, \
+                    CAST(horizon.h AS BIGINT) - CAST(s.last_seen AS BIGINT) > {silent_ms} \
+                      AS silent \
+             FROM active a JOIN seen s ON a.device = s.device CROSS JOIN horizon \
+             LEFT JOIN pass_origin o ON a.pass = o.pass) \
+           SELECT platform, program, source, count(*) AS active, \
+                  count(*) FILTER (WHERE gone) AS devices_gone, \
+                  count(*) FILTER (WHERE silent AND NOT gone) AS devices_silent, \
+                  count(*) FILTER (WHERE NOT gone AND NOT silent) AS estimated_active \
+           FROM judged GROUP BY 1, 2, 3 \
+           ORDER BY platform, program NULLS LAST, source NULLS LAST",
+    },
+    Insight {
+        name: "postal_savings",
+        title: "Customers who need a letter, letters avoided because their pass is installed, \
+                and the saving at the configured cost per letter",
+        template: concat!(
+            pass_rows!(),
+            ", customers AS ( \
+                SELECT customer, bool_or(state = 'installed') AS has_pass \
+                FROM pass_rows WHERE customer IS NOT NULL GROUP BY customer) \
+              SELECT count(*) AS customers, \
+                count(*) FILTER (WHERE NOT has_pass) AS letters_needed, \
+                count(*) FILTER (WHERE has_pass) AS letters_avoided, \
+                {letter_cost} AS cost_per_letter, \
+                count(*) FILTER (WHERE has_pass) * {letter_cost} AS saving \
+              FROM customers"
+        ),
+    },
+    Insight {
+        name: "scans_by_scanner",
+        title: "Scans per location, scanner device and operator: accepted and rejected",
+        template: "SELECT CAST(location AS VARCHAR) AS location, device AS scanner, \
+             CAST(operator AS VARCHAR) AS operator, count(*) AS scans, \
+             count(*) FILTER (WHERE result = 'accepted') AS accepted, \
+             count(*) FILTER (WHERE result = 'rejected') AS rejected \
+           FROM {events} AS ev WHERE type = 'scan' \
+           GROUP BY 1, 2, 3 ORDER BY scans DESC, location, scanner, operator",
+    },
+    Insight {
+        name: "activity",
+        title: "The newest events (event time), a page at a time (`limit`, `offset`)",
+        template: "SELECT ts, CAST(type AS VARCHAR) AS type, pass, customer, device, \
+             CAST(platform AS VARCHAR) AS platform, CAST(location AS VARCHAR) AS location, \
+             CAST(source AS VARCHAR) AS source, CAST(campaign AS VARCHAR) AS campaign, \
+             CAST(offer AS VARCHAR) AS offer, CAST(result AS VARCHAR) AS result, id \
+           FROM {events} AS ev ORDER BY ts DESC, id DESC LIMIT {limit} OFFSET {offset}",
+    },
 ];
 
 /// The insight called `name`.
@@ -334,7 +474,7 @@ pub fn find(name: &str) -> Option<&'static Insight> {
 /// Which events an insight reads: a half-open event-time range and exact matches on the
 /// event's programme, source and campaign (or, for events that do not carry one, those of its
 /// pass's `pass.issued`) and on its location. Every part is optional.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Scope {
     /// Epoch milliseconds, inclusive.
     pub from: Option<i64>,
@@ -344,6 +484,25 @@ pub struct Scope {
     pub source: Option<String>,
     pub campaign: Option<String>,
     pub location: Option<String>,
+    /// Rows per page of the feeds (1–[`MAX_LIMIT`], default [`DEFAULT_LIMIT`]).
+    pub limit: u32,
+    /// Rows skipped before the page (at most 1,000,000).
+    pub offset: u32,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope {
+            from: None,
+            to: None,
+            program: None,
+            source: None,
+            campaign: None,
+            location: None,
+            limit: DEFAULT_LIMIT,
+            offset: 0,
+        }
+    }
 }
 
 /// A scope value that cannot be used, named by its parameter.
@@ -375,6 +534,7 @@ impl Scope {
             source: source.map(|v| text("source", v)).transpose()?,
             campaign: campaign.map(|v| text("campaign", v)).transpose()?,
             location: location.map(|v| text("location", v)).transpose()?,
+            ..Scope::default()
         };
         if let (Some(f), Some(t)) = (scope.from, scope.to)
             && f >= t
@@ -385,6 +545,21 @@ impl Scope {
             });
         }
         Ok(scope)
+    }
+
+    /// The same scope with a page of `limit` rows after `offset` (both as request text).
+    pub fn with_page(
+        mut self,
+        limit: Option<&str>,
+        offset: Option<&str>,
+    ) -> Result<Scope, ScopeError> {
+        if let Some(v) = limit {
+            self.limit = number("limit", v, 1, MAX_LIMIT)?;
+        }
+        if let Some(v) = offset {
+            self.offset = number("offset", v, 0, 1_000_000)?;
+        }
+        Ok(self)
     }
 
     /// The derived table of the events in scope (`(SELECT …)`), and its parameters.
@@ -448,6 +623,16 @@ fn instant(param: &'static str, v: &str) -> Result<i64, ScopeError> {
     })
 }
 
+fn number(param: &'static str, v: &str, min: u32, max: u32) -> Result<u32, ScopeError> {
+    match v.trim().parse::<u32>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ScopeError {
+            param,
+            problem: format!("expected a whole number from {min} to {max}, got {v:?}"),
+        }),
+    }
+}
+
 fn text(param: &'static str, v: &str) -> Result<String, ScopeError> {
     let n = v.chars().count();
     if n == 0 || n > MAX_VALUE_CHARS {
@@ -476,13 +661,17 @@ mod tests {
         .unwrap();
         assert_eq!(s.from, Some(1_793_491_200_000));
         assert_eq!(s.to, Some(1_793_491_200_000 + 23 * 3_600_000));
-        let (sql, params) = find("scans_by_location").unwrap().scoped_sql(&s);
+        let (sql, params) = find("scans_by_location")
+            .unwrap()
+            .scoped_sql(&s, &InsightSettings::default());
         assert!(!sql.contains("OR '1'='1"), "{sql}");
         assert!(sql.contains("LEFT JOIN pass_origin"));
         let names: Vec<_> = params.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["from", "to", "source", "location"]);
         // no attribute filter: no join
-        let (sql, _) = find("passes").unwrap().scoped_sql(&Scope::default());
+        let (sql, _) = find("passes")
+            .unwrap()
+            .scoped_sql(&Scope::default(), &InsightSettings::default());
         assert!(!sql.contains("pass_origin") && sql.contains("(SELECT e.* FROM events e)"));
     }
 
@@ -509,5 +698,11 @@ mod tests {
                 .param,
             "campaign"
         );
+        let page = |l, o| Scope::default().with_page(l, o);
+        assert_eq!(page(Some("0"), None).unwrap_err().param, "limit");
+        assert_eq!(page(Some("10001"), None).unwrap_err().param, "limit");
+        assert_eq!(page(None, Some("-1")).unwrap_err().param, "offset");
+        let p = page(Some("25"), Some("50")).unwrap();
+        assert_eq!((p.limit, p.offset), (25, 50));
     }
 }

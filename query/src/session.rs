@@ -16,7 +16,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use passpulse_engine::{Engine, TableName};
 
-use crate::insights::{INSIGHTS, PASS_ORIGIN_VIEW};
+use crate::insights::{INSIGHTS, InsightSettings, PASS_ORIGIN_VIEW};
 use crate::tables::{EventsTable, LiveTable};
 
 /// Views over `events` registered with every session: (name, SQL).
@@ -41,6 +41,8 @@ pub struct QueryConfig {
     pub threads: usize,
     /// Most bytes one response may carry.
     pub max_result_bytes: usize,
+    /// Numbers the insights use (letter cost, silent period).
+    pub insights: InsightSettings,
 }
 
 impl Default for QueryConfig {
@@ -50,6 +52,7 @@ impl Default for QueryConfig {
             timeout: Duration::from_secs(30),
             threads: 2,
             max_result_bytes: 1 << 30,
+            insights: InsightSettings::default(),
         }
     }
 }
@@ -163,7 +166,11 @@ impl QueryService {
             .iter()
             .chain([&PASS_ORIGIN_VIEW])
             .map(|(name, sql)| (name.to_string(), sql.to_string()))
-            .chain(INSIGHTS.iter().map(|i| (i.view_name(), i.view_sql())));
+            .chain(
+                INSIGHTS
+                    .iter()
+                    .map(|i| (i.view_name(), i.view_sql(&cfg.insights))),
+            );
         for (name, sql) in views {
             // planning only reads table schemas: no I/O, so it can be driven here
             let plan = futures::executor::block_on(ctx.state().create_logical_plan(&sql))

@@ -1,4 +1,4 @@
-//! Every insight over the fixed data set `data/insights/sample.ndjson` (24 events), against figures worked
+//! Every insight over the fixed data set `data/insights/sample.ndjson` (25 events), against figures worked
 //! out by hand from that file (the reasoning is beside each expectation), unscoped and scoped.
 
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use futures::StreamExt;
 use passpulse_engine::event::decode_message;
 use passpulse_engine::{DecodedBatch, EngineConfig, new_engine};
 use passpulse_query::format::{Encoder, Format};
-use passpulse_query::insights::{Scope, find};
+use passpulse_query::insights::{InsightSettings, Scope, find};
 use passpulse_query::{QueryConfig, QueryService};
 use serde_json::{Value, json};
 
@@ -22,7 +22,7 @@ fn service() -> Arc<QueryService> {
     let (mut w, engine) = new_engine(EngineConfig::default());
     w.apply(&batch);
     w.publish();
-    assert_eq!(engine.events_applied(), 24);
+    assert_eq!(engine.events_applied(), 25);
     QueryService::new(engine, QueryConfig::default()).expect("query service")
 }
 
@@ -47,7 +47,9 @@ fn rows(
 }
 
 fn insight(svc: &Arc<QueryService>, name: &str, scope: &Scope) -> Vec<Value> {
-    let (sql, params) = find(name).expect(name).scoped_sql(scope);
+    let (sql, params) = find(name)
+        .expect(name)
+        .scoped_sql(scope, &svc.config().insights);
     rows(svc, sql, params)
 }
 
@@ -470,5 +472,178 @@ fn offers_frequency_and_repeat_visits() {
     assert_eq!(
         cols(&hamburg, &["passes_scanned", "repeat_passes"]),
         [[json!(1), json!(0)]]
+    );
+}
+
+/// An insight over every event with other settings than the service's.
+fn with_settings(svc: &Arc<QueryService>, name: &str, settings: &InsightSettings) -> Vec<Value> {
+    let (sql, params) = find(name)
+        .expect(name)
+        .scoped_sql(&Scope::default(), settings);
+    rows(svc, sql, params)
+}
+
+#[test]
+fn active_and_estimated_base() {
+    let svc = service();
+    // 11-02: P1 on D1 (apple) and P2 on D2 (google) installed, both email. 11-03: P2 removed;
+    // P4 (store) on D4 and D5 installed, D4 removed; P5's removal on D6 ends no install.
+    let daily = view(
+        &svc,
+        "active_base_daily",
+        "day, platform, program NULLS LAST, source NULLS LAST",
+    );
+    let n = Value::Null;
+    assert_eq!(
+        cols(
+            &daily,
+            &[
+                "platform", "program", "source", "installs", "removals", "active"
+            ]
+        ),
+        [
+            [
+                json!("apple"),
+                json!("loyalty"),
+                json!("email"),
+                json!(1),
+                json!(0),
+                json!(1)
+            ],
+            [
+                json!("google"),
+                json!("loyalty"),
+                json!("email"),
+                json!(1),
+                json!(0),
+                json!(1)
+            ],
+            [
+                json!("apple"),
+                json!("loyalty"),
+                json!("store"),
+                json!(2),
+                json!(1),
+                json!(1)
+            ],
+            [
+                json!("google"),
+                json!("loyalty"),
+                json!("email"),
+                json!(0),
+                json!(1),
+                json!(0)
+            ],
+            [
+                json!("google"),
+                n.clone(),
+                n.clone(),
+                json!(0),
+                json!(0),
+                json!(0)
+            ],
+        ]
+    );
+
+    // active now: P1 on D1 and P4 on D5; APNs reported D5 gone at 14:45, after its install
+    let keys = [
+        "platform",
+        "source",
+        "active",
+        "devices_gone",
+        "devices_silent",
+        "estimated_active",
+    ];
+    // (platform, source) then the four counts
+    let counts = |rows: &[Value]| -> Vec<(String, String, [i64; 4])> {
+        cols(rows, &keys)
+            .into_iter()
+            .map(|c| {
+                let n = |i: usize| c[i].as_i64().unwrap();
+                let t = |i: usize| c[i].as_str().unwrap().to_string();
+                (t(0), t(1), [n(2), n(3), n(4), n(5)])
+            })
+            .collect()
+    };
+    let store = ("apple".to_string(), "store".to_string(), [1, 1, 0, 0]);
+    let est = view(&svc, "estimated_active_base", "platform, source");
+    assert_eq!(
+        counts(&est),
+        [
+            ("apple".into(), "email".into(), [1, 0, 0, 1]),
+            store.clone()
+        ]
+    );
+    // with a one-hour silent period D1 (last seen 11-02 09:05; the data ends 11-03 15:00) is
+    // silent too
+    let hour = InsightSettings {
+        silent_after_ms: 3_600_000,
+        ..InsightSettings::default()
+    };
+    let est = with_settings(&svc, "estimated_active_base", &hour);
+    assert_eq!(
+        counts(&est),
+        [("apple".into(), "email".into(), [1, 0, 1, 0]), store]
+    );
+}
+
+#[test]
+fn postal_savings_scanners_and_activity() {
+    let svc = service();
+    // C1 (P1) and C4 (P4) have a pass installed; C2 and C3 need a letter
+    let savings = view(&svc, "postal_savings", "customers");
+    assert_eq!(
+        cols(
+            &savings,
+            &["customers", "letters_needed", "letters_avoided"]
+        ),
+        [[json!(4), json!(2), json!(2)]]
+    );
+    approx(&savings[0]["saving"], 2.0);
+    let cheaper = InsightSettings {
+        letter_cost: 0.85,
+        ..InsightSettings::default()
+    };
+    let savings = with_settings(&svc, "postal_savings", &cheaper);
+    approx(&savings[0]["cost_per_letter"], 0.85);
+    approx(&savings[0]["saving"], 1.7);
+
+    let scanners = view(&svc, "scans_by_scanner", "scans DESC, location");
+    assert_eq!(
+        cols(
+            &scanners,
+            &[
+                "location", "scanner", "operator", "scans", "accepted", "rejected"
+            ]
+        ),
+        [
+            [
+                json!("berlin"),
+                json!("berlin-1"),
+                json!("op1"),
+                json!(3),
+                json!(3),
+                json!(0)
+            ],
+            [
+                json!("hamburg"),
+                json!("hamburg-1"),
+                json!("op2"),
+                json!(2),
+                json!(1),
+                json!(1)
+            ],
+        ]
+    );
+
+    // newest first; a page of 2 after the newest
+    let all = insight(&svc, "activity", &Scope::default());
+    assert_eq!(all.len(), 25);
+    assert_eq!(all[0]["id"], json!("u5"));
+    let page = Scope::default().with_page(Some("2"), Some("1")).unwrap();
+    let page = insight(&svc, "activity", &page);
+    assert_eq!(
+        page.iter().map(|r| r["id"].clone()).collect::<Vec<_>>(),
+        [json!("x1"), json!("s4")]
     );
 }

@@ -202,18 +202,20 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_never_stops_the_pipeline
     assert_eq!(ids, ["g1", "g2", "g3"]);
 
     // the dead-letter stream holds each refused event with its reason and original bytes
+    // each attempt reads the stream from its start with a fresh consumer: a fetch that came too
+    // early must not hide the letters it took from the next attempt
     let stream = js.get_stream("PASSPULSE_DEADLETTER").await.unwrap();
-    let consumer = stream
-        .create_consumer(pull::Config {
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     let letters: Vec<(String, String, Vec<u8>, String)> =
         eventually(Duration::from_secs(20), "7 dead letters", || {
-            let consumer = consumer.clone();
+            let stream = stream.clone();
             async move {
+                let consumer = stream
+                    .create_consumer(pull::Config {
+                        deliver_policy: DeliverPolicy::All,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
                 let mut out = Vec::new();
                 let mut msgs = consumer.fetch().max_messages(100).messages().await.ok()?;
                 while let Some(Ok(m)) = msgs.next().await {

@@ -276,6 +276,16 @@ async fn insights_are_served_with_their_filters() {
         .map(|i| i["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"scans_by_location") && names.contains(&"channel_funnel"));
+    // the live figures come from the engine's aggregates: all 250 scans fall on one day
+    let live = server.get_json("/api/v1/insights/live").await;
+    assert_eq!(live["today"]["scan"], 250, "{live}");
+    assert_eq!(live["events"], 250);
+    assert!(
+        live["location_peaks"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{live}"
+    );
 
     // 250 scans, location i % 3: loc0 has 84, loc1 and loc2 83 each
     let all = server.get_json("/api/v1/insights/scans_by_location").await;

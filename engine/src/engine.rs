@@ -437,6 +437,11 @@ impl Engine {
         for (_, t, c) in a.counts.per_minute(wm - 59 * time::MINUTE_MS) {
             *last_hour.entry(t.as_str()).or_default() += c;
         }
+        // at most 1,440 minutes × types, however many events the day had
+        let mut today_by_type: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for (_, t, c) in a.counts.per_minute(time::day(wm) as i64 * time::DAY_MS) {
+            *today_by_type.entry(t.as_str()).or_default() += c;
+        }
         let rows = a.install_base_rows();
         let mut ib = InstallBaseStats::default();
         for (dim, value, c) in rows {
@@ -496,6 +501,7 @@ impl Engine {
             events: a.events(),
             by_type,
             last_hour,
+            today: today_by_type,
             install_base: ib,
             location_peaks: peaks,
             distinct,
@@ -525,6 +531,8 @@ pub struct Stats {
     pub by_type: BTreeMap<&'static str, u64>,
     /// Events per type in the hour up to the watermark.
     pub last_hour: BTreeMap<&'static str, u64>,
+    /// Events per type since the watermark's UTC midnight.
+    pub today: BTreeMap<&'static str, u64>,
     pub install_base: InstallBaseStats,
     pub location_peaks: Vec<PeakStats>,
     pub distinct: DistinctStats,

@@ -40,6 +40,7 @@ pub fn router(state: QueryState) -> Router {
     Router::new()
         .route("/api/v1/query", get(get_query).post(post_query))
         .route("/api/v1/insights", get(list_insights))
+        .route("/api/v1/insights/live", get(live))
         .route("/api/v1/insights/{name}", get(get_insight))
         .route("/api/v1/stats", get(stats))
         .with_state(state)
@@ -132,7 +133,7 @@ async fn post_query(
 }
 
 async fn list_insights() -> Response {
-    let list: Vec<_> = INSIGHTS
+    let mut list: Vec<_> = INSIGHTS
         .iter()
         .map(|i| {
             serde_json::json!({
@@ -143,6 +144,13 @@ async fn list_insights() -> Response {
             })
         })
         .collect();
+    list.push(serde_json::json!({
+        "name": "live",
+        "title": "Install base, today's and the last hour's events, location peaks and distinct \
+                  counts, from the engine's rolling aggregates",
+        "view": null,
+        "url": "/api/v1/insights/live",
+    }));
     Json(list).into_response()
 }
 
@@ -173,6 +181,22 @@ async fn get_insight(
     };
     let (sql, params) = insight.scoped_sql(&scope, &st.service.config().insights);
     run_with(st, sql, params, p.format).await
+}
+
+/// The live figures, read from the engine's rolling aggregates (no scan of events).
+async fn live(State(st): State<QueryState>) -> Response {
+    let s = st.engine.stats();
+    Json(serde_json::json!({
+        "watermark": s.watermark,
+        "events": s.events,
+        "install_base": s.install_base,
+        "today": s.today,
+        "last_hour": s.last_hour,
+        "location_peaks": s.location_peaks,
+        "distinct": s.distinct,
+        "funnel": s.funnel,
+    }))
+    .into_response()
 }
 
 async fn stats(State(st): State<QueryState>) -> Response {

@@ -647,3 +647,37 @@ fn postal_savings_scanners_and_activity() {
         [json!("x1"), json!("s4")]
     );
 }
+
+/// Every insight's full output on the fixture, pinned in `data/insights/golden/<name>.json`: a
+/// change to any view's SQL that changes any figure shows here. After a deliberate change, run
+/// with `PASSPULSE_UPDATE_GOLDEN=1` and review the diff of the golden files.
+#[test]
+fn golden_files_pin_every_view() {
+    let svc = service();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/insights/golden");
+    let update = std::env::var_os("PASSPULSE_UPDATE_GOLDEN").is_some();
+    let mut stale = Vec::new();
+    for i in passpulse_query::insights::INSIGHTS {
+        let got = insight(&svc, i.name, &Scope::default());
+        let path = dir.join(format!("{}.json", i.name));
+        let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
+        if update {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (PASSPULSE_UPDATE_GOLDEN=1 writes it)",
+                path.display()
+            )
+        });
+        if want != text {
+            stale.push(i.name);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "insights whose output differs from their golden file: {stale:?}"
+    );
+}

@@ -148,6 +148,9 @@ enum BenchCommand {
     Issue(bench::IssueBenchArgs),
     /// Points change on the bus → APNs push: latency and burst rate through the automation.
     Automation(bench::AutomationBenchArgs),
+    /// Every insight's latency over a large history (in memory + Parquet, and Parquet only)
+    /// beside DuckDB on the same files; the live figures.
+    Insights(bench::InsightsBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -173,6 +176,7 @@ fn main() -> Result<()> {
             Command::Bench(BenchCommand::Restart(a)) => bench::restart(a).await,
             Command::Bench(BenchCommand::Issue(a)) => bench::issue(a).await,
             Command::Bench(BenchCommand::Automation(a)) => bench::automation(a).await,
+            Command::Bench(BenchCommand::Insights(a)) => bench::insights(a).await,
             Command::Flows(FlowsCommand::Check(a)) => {
                 automation_setup::check(&a.file, &a.templates)
             }

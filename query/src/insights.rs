@@ -303,12 +303,14 @@ pub const INSIGHTS: &[Insight] = &[
              SELECT pass, min(ts) AS t0 FROM {events} AS ev \
              WHERE type = 'pass.installed' GROUP BY pass), \
            horizon AS (SELECT max(ts) AS h FROM {events} AS ev), \
-           days AS (SELECT column1 AS d FROM (VALUES (1), (7), (30), (90))), \
+           days AS ( \
+             SELECT d, span_ms FROM (VALUES (1, 86400000), (7, 604800000), (30, 2592000000), \
+                                            (90, 7776000000)) AS t(d, span_ms)), \
            checks AS ( \
              SELECT f.pass, f.t0, days.d, \
-                    CAST(f.t0 AS BIGINT) + days.d * 86400000 AS at_ms \
+                    CAST(f.t0 AS BIGINT) + days.span_ms AS at_ms \
              FROM firsts f CROSS JOIN days CROSS JOIN horizon \
-             WHERE CAST(f.t0 AS BIGINT) + days.d * 86400000 <= CAST(horizon.h AS BIGINT)), \
+             WHERE CAST(f.t0 AS BIGINT) + days.span_ms <= CAST(horizon.h AS BIGINT)), \
            latest AS ( \
              SELECT c.pass, c.d, e.device, \
                     last_value(CAST(e.type AS VARCHAR) ORDER BY e.ts, e.seq) AS last \

@@ -4,11 +4,13 @@
 
 mod automation;
 mod ingest;
+mod insights;
 mod issue;
 mod restart;
 
 pub use automation::{AutomationBenchArgs, automation};
 pub use ingest::{IngestArgs, ingest};
+pub use insights::{InsightsBenchArgs, insights};
 pub use issue::{IssueBenchArgs, issue};
 pub use restart::{RestartArgs, restart};
 
@@ -19,6 +21,23 @@ use passpulse_ingest::{BusConfig, ManagedNats, connect};
 
 use crate::publish::{PublishStats, publish_lines};
 use crate::synth::{GenOptions, Generator};
+
+/// The generated history a benchmark publishes and where.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// Events in the (full) history.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub events: u64,
+    /// Events per NATS message when publishing.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Use this NATS server instead of a managed one.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

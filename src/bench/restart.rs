@@ -16,43 +16,33 @@ use passpulse_engine::{EngineConfig, open_engine};
 use passpulse_ingest::ConsumerOptions;
 
 use super::ingest::{drain, stop_engine};
-use super::{BenchBus, median};
+use super::{BenchBus, HistoryArgs, median};
 
 #[derive(Debug, clap::Args)]
 pub struct RestartArgs {
-    /// Events in the full history.
-    #[arg(long, default_value_t = 10_000_000)]
-    pub events: u64,
-    /// Events per NATS message when publishing.
-    #[arg(long, default_value_t = 100)]
-    pub batch: usize,
+    #[command(flatten)]
+    pub history: HistoryArgs,
     /// Reopenings measured per history size.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// Keep the data here instead of a temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Use this NATS server instead of a managed one.
-    #[arg(long)]
-    pub nats_url: Option<String>,
-    /// Generator seed.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
 }
 
 pub async fn restart(args: RestartArgs) -> Result<()> {
-    let bb = BenchBus::start(args.nats_url.as_deref()).await?;
+    let bb = BenchBus::start(args.history.nats_url.as_deref()).await?;
     let tmp = tempfile::tempdir()?;
     let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().into());
     let opts = ConsumerOptions::default();
     let mut published = 0;
     let mut rows = Vec::new();
-    for target in [args.events / 10, args.events] {
+    for target in [args.history.events / 10, args.history.events] {
         bb.publish(
-            args.seed,
+            args.history.seed,
             published,
             target - published,
-            args.batch,
+            args.history.batch,
             20_000.0,
         )
         .await?;

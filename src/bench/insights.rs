@@ -1,0 +1,273 @@
+//! `passpulse bench insights`: the latency of every insight over a large history, beside DuckDB
+//! running the same query over the same Parquet files, and of the live figures.
+//!
+//! Generated events are ingested by a persistent engine. While it still runs, part of the
+//! history is in memory (the rows of the flush under way) and the rest in Parquet: each insight
+//! is timed there ("hot + Parquet"). Then the engine stops cleanly (everything flushed), is
+//! reopened from its data directory (everything in Parquet) and timed again; DuckDB (Python's
+//! `duckdb` module: `pip install duckdb`) runs each insight's SQL, translated to its dialect,
+//! over `events/*/*.parquet` of that directory with as many threads as the query service. Each
+//! figure is the median of `--repeats` runs after one warm-up run; row counts are compared.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use futures::StreamExt;
+use passpulse_engine::persist::PersistConfig;
+use passpulse_engine::{Engine, EngineConfig, open_engine};
+use passpulse_ingest::ConsumerOptions;
+use passpulse_query::insights::{INSIGHTS, InsightSettings, PASS_ORIGIN_VIEW, Scope};
+use passpulse_query::{QueryConfig, QueryService};
+
+use super::ingest::{drain, stop_engine};
+use super::{BenchBus, HistoryArgs, median};
+
+#[derive(Debug, clap::Args)]
+pub struct InsightsBenchArgs {
+    #[command(flatten)]
+    pub history: HistoryArgs,
+    /// Timed runs per insight and engine (after one warm-up run).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+}
+
+/// Median seconds and row count of every insight on `engine`.
+async fn time_insights(
+    engine: Engine,
+    repeats: usize,
+) -> Result<BTreeMap<&'static str, (f64, usize)>> {
+    let service = QueryService::new(engine, QueryConfig::default())?;
+    let settings = InsightSettings::default();
+    let mut out = BTreeMap::new();
+    for i in INSIGHTS {
+        let (sql, params) = i.scoped_sql(&Scope::default(), &settings);
+        let mut times = Vec::new();
+        let mut rows = 0;
+        for run in 0..=repeats {
+            let (svc, sql, params) = (service.clone(), sql.clone(), params.clone());
+            let (secs, n) = service
+                .runtime()
+                .spawn(async move { run_once(&svc, &sql, params).await })
+                .await??;
+            if run > 0 {
+                times.push(secs);
+            }
+            rows = n;
+        }
+        out.insert(i.name, (median(times), rows));
+    }
+    Ok(out)
+}
+
+async fn run_once(
+    svc: &Arc<QueryService>,
+    sql: &str,
+    params: Vec<(String, datafusion::common::ScalarValue)>,
+) -> Result<(f64, usize)> {
+    let t0 = Instant::now();
+    let (_, mut stream) = svc.start_with(sql, params).await?;
+    let mut rows = 0;
+    while let Some(b) = stream.next().await {
+        rows += b?.num_rows();
+    }
+    Ok((t0.elapsed().as_secs_f64(), rows))
+}
+
+/// The insight SQL in DuckDB's dialect: aggregate `first_value`/`last_value` with ORDER BY are
+/// `first`/`last`, and a timestamp's epoch milliseconds are `epoch_ms(ts)`.
+fn duckdb_sql(sql: &str) -> String {
+    let s = sql
+        .replace("first_value(", "first(")
+        .replace("last_value(", "last(");
+    let (mut out, mut rest) = (String::with_capacity(s.len()), s.as_str());
+    while let Some(at) = rest.find("CAST(") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 5..];
+        let ident = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .unwrap_or(after.len());
+        if ident > 0 && after[ident..].starts_with(" AS BIGINT)") {
+            out.push_str(&format!("epoch_ms({})", &after[..ident]));
+            rest = &after[ident + " AS BIGINT)".len()..];
+        } else {
+            out.push_str("CAST(");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+const DUCKDB_SCRIPT: &str = r#"
+import json, sys, time
+import duckdb
+spec = json.load(open(sys.argv[1]))
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+con.execute(f"SET threads = {spec['threads']}")
+con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{spec['glob']}', hive_partitioning = false)")
+con.execute(f"CREATE VIEW pass_origin AS {spec['pass_origin']}")
+out = {}
+for name, sql in spec['insights'].items():
+    times, rows = [], 0
+    for run in range(spec['repeats'] + 1):
+        t0 = time.perf_counter()
+        rows = len(con.execute(sql).fetchall())
+        if run > 0:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    out[name] = [times[len(times) // 2], rows]
+print(json.dumps(out))
+"#;
+
+/// Median seconds and row count of every insight in DuckDB over the Parquet files of `dir`.
+fn duckdb_insights(
+    dir: &std::path::Path,
+    repeats: usize,
+    threads: usize,
+) -> Result<BTreeMap<String, (f64, usize)>> {
+    let settings = InsightSettings::default();
+    let insights: BTreeMap<&str, String> = INSIGHTS
+        .iter()
+        .map(|i| {
+            let sql = i.scoped_sql(&Scope::default(), &settings).0;
+            let sql = sql.replace("(SELECT e.* FROM events e)", "events");
+            (i.name, duckdb_sql(&sql))
+        })
+        .collect();
+    let spec = serde_json::json!({
+        "glob": format!("{}/events/*/*.parquet", dir.display()),
+        "threads": threads,
+        "repeats": repeats,
+        "pass_origin": duckdb_sql(PASS_ORIGIN_VIEW.1),
+        "insights": insights,
+    });
+    let tmp = tempfile::tempdir()?;
+    let spec_path = tmp.path().join("spec.json");
+    let script_path = tmp.path().join("bench.py");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
+    std::fs::write(&script_path, DUCKDB_SCRIPT)?;
+    let out = Command::new("python3")
+        .arg(&script_path)
+        .arg(&spec_path)
+        .output()
+        .context("running python3")?;
+    if !out.status.success() {
+        bail!(
+            "DuckDB run failed (is it installed? `pip install duckdb`): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: BTreeMap<String, (f64, usize)> =
+        serde_json::from_slice(&out.stdout).context("DuckDB output")?;
+    Ok(v)
+}
+
+pub async fn insights(args: InsightsBenchArgs) -> Result<()> {
+    let bb = BenchBus::start(args.history.nats_url.as_deref()).await?;
+    bb.publish(
+        args.history.seed,
+        0,
+        args.history.events,
+        args.history.batch,
+        20_000.0,
+    )
+    .await?;
+    let tmp = tempfile::tempdir()?;
+    let persist = PersistConfig::new(tmp.path());
+    let opts = ConsumerOptions::default();
+    let (_, run, bus) = drain(
+        &bb.js,
+        &bb.bus,
+        &opts,
+        args.history.events,
+        Some(persist.clone()),
+    )
+    .await?;
+    let snap = run.engine.hot_snapshot();
+    eprintln!(
+        "{} events: {} in memory, {} in {} Parquet files",
+        snap.total_rows(),
+        snap.rows(),
+        snap.files.rows(),
+        snap.files.files.len()
+    );
+    let live = {
+        let engine = run.engine.clone();
+        let mut t = Vec::new();
+        for _ in 0..1000 {
+            let t0 = Instant::now();
+            std::hint::black_box(engine.stats());
+            t.push(t0.elapsed().as_secs_f64());
+        }
+        median(t)
+    };
+    let mixed = time_insights(run.engine.clone(), args.repeats).await?;
+    stop_engine(&bb.js, run, &bus).await;
+    bb.stop().await;
+
+    let cfg = EngineConfig {
+        persist: Some(persist),
+        ..EngineConfig::default()
+    };
+    let (writer, engine, _) = tokio::task::spawn_blocking(move || open_engine(cfg)).await??;
+    ensure!(
+        engine.hot_snapshot().rows() == 0 && engine.events_applied() == args.history.events,
+        "the reopened engine should hold every event, all in Parquet"
+    );
+    let on_disk = time_insights(engine, args.repeats).await?;
+    tokio::task::spawn_blocking(move || writer.close()).await?;
+    let threads = QueryConfig::default().threads;
+    let duck = duckdb_insights(tmp.path(), args.repeats, threads)?;
+
+    println!("events            {}", args.history.events);
+    println!(
+        "live figures      {:.3} ms (median of 1,000 Engine::stats calls)",
+        live * 1e3
+    );
+    println!(
+        "{:<24} {:>14} {:>14} {:>14} {:>8} {:>9}",
+        "insight", "hot+parquet", "parquet", "duckdb", "rows", "vs duckdb"
+    );
+    for (name, (secs, rows)) in &on_disk {
+        let (m, _) = mixed[name];
+        let (d, drows) = duck.get(*name).copied().unwrap_or((f64::NAN, 0));
+        let rows_note = if drows == *rows {
+            rows.to_string()
+        } else {
+            format!("{rows}≠{drows}")
+        };
+        println!(
+            "{:<24} {:>11.1} ms {:>11.1} ms {:>11.1} ms {:>8} {:>8.2}×",
+            name,
+            m * 1e3,
+            secs * 1e3,
+            d * 1e3,
+            rows_note,
+            secs / d
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duckdb_sql;
+
+    #[test]
+    fn duckdb_dialect() {
+        assert_eq!(
+            duckdb_sql(
+                "SELECT last_value(x ORDER BY ts), CAST(f.t0 AS BIGINT) + 1, CAST(x AS VARCHAR)"
+            ),
+            "SELECT last(x ORDER BY ts), epoch_ms(f.t0) + 1, CAST(x AS VARCHAR)"
+        );
+        assert_eq!(
+            duckdb_sql("CAST(CAST(a AS INT) AS BIGINT) - CAST(b AS BIGINT)"),
+            "CAST(CAST(a AS INT) AS BIGINT) - epoch_ms(b)"
+        );
+    }
+}

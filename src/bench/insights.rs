@@ -48,14 +48,24 @@ async fn time_insights(
         let mut rows = 0;
         for run in 0..=repeats {
             let (svc, sql, params) = (service.clone(), sql.clone(), params.clone());
-            let (secs, n) = service
+            match service
                 .runtime()
                 .spawn(async move { run_once(&svc, &sql, params).await })
-                .await??;
-            if run > 0 {
-                times.push(secs);
+                .await?
+            {
+                Ok((secs, n)) => {
+                    if run > 0 {
+                        times.push(secs);
+                    }
+                    rows = n;
+                }
+                Err(e) => {
+                    // a refused query (memory, time) is a result too: report it and go on
+                    eprintln!("{}: {e}", i.name);
+                    times = vec![f64::NAN];
+                    break;
+                }
             }
-            rows = n;
         }
         out.insert(i.name, (median(times), rows));
     }

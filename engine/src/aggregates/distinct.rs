@@ -170,17 +170,43 @@ impl Distinct {
         }
     }
 
+    /// Merges every day touched since the last read into the all-time union (usually just the
+    /// current day: three sketch merges).
+    fn catch_up(&mut self) {
+        for day in self.days.values_mut().filter(|d| d.dirty) {
+            self.all.merge(&day.trio);
+            day.dirty = false;
+        }
+        if let Some((_, day)) = self.current.as_mut().filter(|(_, d)| d.dirty) {
+            self.all.merge(&day.trio);
+            day.dirty = false;
+        }
+    }
+
+    /// The all-time row and `day`'s (if it has events): what the live figures show, without
+    /// estimating every other day.
+    pub fn live(&mut self, day: i32) -> (DistinctRow, Option<DistinctRow>) {
+        self.catch_up();
+        let all = self.all.counts();
+        let trio = match self.current.as_mut() {
+            Some((d, t)) if *d == day => Some(&mut t.trio),
+            _ => self.days.get_mut(&day).map(|t| &mut t.trio),
+        };
+        let today = trio.map(|t| DistinctRow {
+            day: Some(day),
+            ..t.counts()
+        });
+        (all, today)
+    }
+
     /// All-time row first, then one row per day in order.
     pub fn rows(&mut self) -> Vec<DistinctRow> {
+        self.catch_up();
         let mut days: Vec<(i32, &mut Day)> = self.days.iter_mut().map(|(d, t)| (*d, t)).collect();
         if let Some((d, t)) = self.current.as_mut() {
             days.push((*d, t));
         }
         days.sort_by_key(|(d, _)| *d);
-        for (_, day) in days.iter_mut().filter(|(_, d)| d.dirty) {
-            self.all.merge(&day.trio);
-            day.dirty = false;
-        }
         let mut out = vec![self.all.counts()];
         for (d, day) in days {
             out.push(DistinctRow {
@@ -222,6 +248,25 @@ mod tests {
         assert_eq!(rows[1].day, Some(0));
         assert_eq!(rows[1].devices, 500);
         assert_eq!(rows[2].day, Some(1));
+    }
+
+    #[test]
+    fn live_figures_agree_with_the_full_rows() {
+        let mut d = Distinct::default();
+        for i in 0..3_000i64 {
+            let (p, c) = (format!("p{}", i % 700), format!("c{}", i % 300));
+            d.apply(i * 60_000, Some(&p), Some("dev"), Some(&c));
+        }
+        // the last day is current; an earlier one comes in late
+        d.apply(0, Some("late"), None, None);
+        let (all, today) = d.live(2);
+        let rows = d.rows();
+        assert_eq!(all, rows[0]);
+        assert_eq!(today, rows.iter().find(|r| r.day == Some(2)).copied());
+        assert!(today.is_some());
+        assert_eq!(d.live(0).1, rows.iter().find(|r| r.day == Some(0)).copied());
+        assert_eq!(d.live(9).1, None, "a day without events has no row");
+        assert_eq!(d.live(9).0, rows[0]);
     }
 
     #[test]

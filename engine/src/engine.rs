@@ -433,14 +433,19 @@ impl Engine {
             .map(|t| (t.as_str(), a.count_of(*t)))
             .filter(|(_, n)| *n > 0)
             .collect();
+        // one pass over the minutes of today and the last hour (at most 1,500 minutes × types,
+        // however many events they had)
+        let hour_from = time::minute(wm - 59 * time::MINUTE_MS) * time::MINUTE_MS;
+        let day_from = time::day(wm) as i64 * time::DAY_MS;
         let mut last_hour: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (_, t, c) in a.counts.per_minute(wm - 59 * time::MINUTE_MS) {
-            *last_hour.entry(t.as_str()).or_default() += c;
-        }
-        // at most 1,440 minutes × types, however many events the day had
         let mut today_by_type: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (_, t, c) in a.counts.per_minute(time::day(wm) as i64 * time::DAY_MS) {
-            *today_by_type.entry(t.as_str()).or_default() += c;
+        for (m, t, c) in a.counts.per_minute(hour_from.min(day_from)) {
+            if m >= hour_from {
+                *last_hour.entry(t.as_str()).or_default() += c;
+            }
+            if m >= day_from {
+                *today_by_type.entry(t.as_str()).or_default() += c;
+            }
         }
         let rows = a.install_base_rows();
         let mut ib = InstallBaseStats::default();

@@ -142,11 +142,7 @@ fn duckdb_insights(
     let settings = InsightSettings::default();
     let insights: BTreeMap<&str, String> = INSIGHTS
         .iter()
-        .map(|i| {
-            let sql = i.scoped_sql(&Scope::default(), &settings).0;
-            let sql = sql.replace("(SELECT e.* FROM events e)", "events");
-            (i.name, duckdb_sql(&sql))
-        })
+        .map(|i| (i.name, duckdb_sql(&i.view_sql(&settings))))
         .collect();
     let spec = serde_json::json!({
         "glob": format!("{}/events/*/*.parquet", dir.display()),

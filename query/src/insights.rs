@@ -6,6 +6,13 @@
 //! the scope; the scope's values are bound as named parameters (`$from`, `$source`, …), never
 //! written into the SQL text, so no request value can change a statement. Definitions, precise
 //! enough to recompute each figure by hand, are in `docs/insights.md`.
+//!
+//! The SQL is shaped for DataFusion's executor (each choice measured in BENCHMARKS.md):
+//! - "the previous/first event of each registration or pass" is a `lag` over one sort of the
+//!   rows, not a window `PARTITION BY` the registration or an ordered `first_value` aggregate:
+//!   both pay per group, and nearly every group holds one or two rows;
+//! - a `CROSS JOIN` with a one-row table (the horizon) puts that table first: the executor
+//!   buffers its left input and emits one batch per left row.
 
 use std::fmt::Write as _;
 
@@ -89,12 +96,14 @@ pub const MAX_LIMIT: u32 = 10_000;
 /// from its `pass.issued` (the first one, by event time then stream order).
 pub const PASS_ORIGIN_VIEW: (&str, &str) = (
     "pass_origin",
-    "SELECT pass, \
-       first_value(CAST(program AS VARCHAR) ORDER BY ts, seq) AS program, \
-       first_value(CAST(source AS VARCHAR) ORDER BY ts, seq) AS source, \
-       first_value(CAST(campaign AS VARCHAR) ORDER BY ts, seq) AS campaign, \
-       min(ts) AS issued_at \
-     FROM events WHERE type = 'pass.issued' GROUP BY pass",
+    // the first issue of each pass is the row whose predecessor, in (pass, ts, seq) order, is
+    // another pass: one sort and a `lag`, much cheaper than ordered `first_value` aggregates
+    "SELECT pass, program, source, campaign, issued_at FROM ( \
+       SELECT pass, CAST(program AS VARCHAR) AS program, CAST(source AS VARCHAR) AS source, \
+              CAST(campaign AS VARCHAR) AS campaign, ts AS issued_at, \
+              lag(pass) OVER (ORDER BY pass, ts, seq) AS prev_pass \
+       FROM events WHERE type = 'pass.issued' AND pass IS NOT NULL) AS issued \
+     WHERE prev_pass IS DISTINCT FROM pass",
 );
 
 /// `WITH … pass_rows AS (…)`: one row per pass seen in any event, with its origin, lifecycle
@@ -136,22 +145,34 @@ macro_rules! pass_rows {
 
 /// `WITH registrations AS (…)`: every install and removal of a pass on a device, a removal with
 /// the install it ends (the same pass and device's previous event, if it is an install).
+///
+/// "Previous" is the row before in (pass, device, ts, seq) order when it has the same pass and
+/// device: one sort and `lag` over it, rather than a window partitioned by registration (which
+/// pays per partition, and nearly every registration is its own partition of one or two rows).
 macro_rules! removals {
     () => {
         "WITH ordered AS ( \
-           SELECT pass, device, CAST(type AS VARCHAR) AS kind, ts, \
-                  lag(CAST(type AS VARCHAR)) OVER (PARTITION BY pass, device ORDER BY ts, seq) \
-                    AS prev_kind, \
-                  lag(ts) OVER (PARTITION BY pass, device ORDER BY ts, seq) AS prev_ts \
-           FROM {events} AS ev WHERE type IN ('pass.installed', 'pass.uninstalled')), \
+           SELECT pass, device, installed, ts, lag(pass) OVER w AS prev_pass, \
+                  lag(device) OVER w AS prev_device, lag(installed) OVER w AS prev_installed, \
+                  lag(ts) OVER w AS prev_ts \
+           FROM (SELECT pass, device, type = 'pass.installed' AS installed, ts, seq \
+                 FROM {events} AS ev \
+                 WHERE type IN ('pass.installed', 'pass.uninstalled')) AS r \
+           WINDOW w AS (ORDER BY pass, device, ts, seq)), \
+         ended AS ( \
+           SELECT pass, device, \
+                  CASE WHEN installed THEN 'pass.installed' ELSE 'pass.uninstalled' END AS kind, \
+                  ts, \
+                  CASE WHEN NOT installed AND prev_installed \
+                            AND (prev_pass IS NOT DISTINCT FROM pass) \
+                            AND (prev_device IS NOT DISTINCT FROM device) \
+                    THEN prev_ts END AS installed_at \
+           FROM ordered), \
          registrations AS ( \
-           SELECT pass, device, kind, ts, \
-                  CASE WHEN kind = 'pass.uninstalled' AND prev_kind = 'pass.installed' \
-                    THEN prev_ts END AS installed_at, \
-                  CASE WHEN kind = 'pass.uninstalled' AND prev_kind = 'pass.installed' \
-                    THEN (CAST(ts AS BIGINT) - CAST(prev_ts AS BIGINT)) / 3600000.0 END \
+           SELECT pass, device, kind, ts, installed_at, \
+                  (CAST(ts AS BIGINT) - CAST(installed_at AS BIGINT)) / 3600000.0 \
                     AS hours_installed \
-           FROM ordered)"
+           FROM ended)"
     };
 }
 
@@ -309,7 +330,7 @@ pub const INSIGHTS: &[Insight] = &[
            checks AS ( \
              SELECT f.pass, f.t0, days.d, \
                     CAST(f.t0 AS BIGINT) + days.span_ms AS at_ms \
-             FROM firsts f CROSS JOIN days CROSS JOIN horizon \
+             FROM horizon CROSS JOIN days CROSS JOIN firsts f \
              WHERE CAST(f.t0 AS BIGINT) + days.span_ms <= CAST(horizon.h AS BIGINT)), \
            latest AS ( \
              SELECT c.pass, c.d, e.device, \
@@ -374,18 +395,25 @@ pub const INSIGHTS: &[Insight] = &[
         name: "active_base_daily",
         title: "Exact active install base at the end of each day with changes, by platform, \
                 programme and signup source",
-        template: "WITH ordered AS ( \
-             SELECT pass, device, CAST(platform AS VARCHAR) AS platform, ts, \
-                    CAST(type AS VARCHAR) AS kind, \
-                    lag(CAST(type AS VARCHAR)) OVER (PARTITION BY pass, device ORDER BY ts, seq) \
-                      AS prev_kind \
-             FROM {events} AS ev WHERE type IN ('pass.installed', 'pass.uninstalled')), \
+        template: "WITH sorted AS ( \
+             SELECT pass, device, platform, ts, installed, \
+                    lag(pass) OVER w AS prev_pass, lag(device) OVER w AS prev_device, \
+                    lag(installed) OVER w AS prev_installed \
+             FROM (SELECT pass, device, CAST(platform AS VARCHAR) AS platform, ts, seq, \
+                          type = 'pass.installed' AS installed \
+                   FROM {events} AS ev \
+                   WHERE type IN ('pass.installed', 'pass.uninstalled')) AS r \
+             WINDOW w AS (ORDER BY pass, device, ts, seq)), \
+           ordered AS ( \
+             SELECT pass, platform, ts, installed, \
+                    CASE WHEN (prev_pass IS NOT DISTINCT FROM pass) \
+                              AND (prev_device IS NOT DISTINCT FROM device) \
+                      THEN prev_installed END AS prev_installed \
+             FROM sorted), \
            changes AS ( \
              SELECT date_trunc('day', r.ts) AS day, r.platform, o.program, o.source, \
-                    CASE WHEN r.kind = 'pass.installed' \
-                              AND (r.prev_kind IS NULL OR r.prev_kind = 'pass.uninstalled') THEN 1 \
-                         WHEN r.kind = 'pass.uninstalled' AND r.prev_kind = 'pass.installed' \
-                           THEN -1 \
+                    CASE WHEN r.installed AND NOT coalesce(r.prev_installed, false) THEN 1 \
+                         WHEN NOT r.installed AND r.prev_installed THEN -1 \
                          ELSE 0 END AS delta \
              FROM ordered r LEFT JOIN pass_origin o ON r.pass = o.pass), \
            daily AS ( \
@@ -421,7 +449,7 @@ pub const INSIGHTS: &[Insight] = &[
                     (s.gone_at IS NOT NULL AND s.gone_at >= s.installed_at) AS gone, \
                     CAST(horizon.h AS BIGINT) - CAST(s.last_seen AS BIGINT) > {silent_ms} \
                       AS silent \
-             FROM active a JOIN seen s ON a.device = s.device CROSS JOIN horizon \
+             FROM horizon CROSS JOIN active a JOIN seen s ON a.device = s.device \
              LEFT JOIN pass_origin o ON a.pass = o.pass) \
            SELECT platform, program, source, count(*) AS active, \
                   count(*) FILTER (WHERE gone) AS devices_gone, \

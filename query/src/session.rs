@@ -141,10 +141,18 @@ impl QueryService {
             )
             .build_arc()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
-        let session_cfg = SessionConfig::new()
+        let mut session_cfg = SessionConfig::new()
             .with_target_partitions(cfg.threads.max(1))
             .with_information_schema(true)
             .with_default_catalog_and_schema("passpulse", "public");
+        // `CAST(… AS VARCHAR)` yields Utf8, as the tables' own strings. As Utf8View, every
+        // batch sliced from an aggregate's output carries the whole output's string buffers, the
+        // memory pool charges each batch for them, and a sort of 700k passes is refused under
+        // 1 GiB (measured in BENCHMARKS.md). Utf8 is also what every Arrow client reads.
+        session_cfg
+            .options_mut()
+            .sql_parser
+            .map_string_types_to_utf8view = false;
         let ctx = SessionContext::new_with_config_rt(session_cfg, rt_env);
         let reg = |name: &str, t: Arc<dyn datafusion::catalog::TableProvider>| {
             ctx.register_table(name, t)

@@ -10,16 +10,20 @@
 //! figure is the median of `--repeats` runs after one warm-up run; row counts are compared.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
+use datafusion::common::ScalarValue;
 use futures::StreamExt;
 use passpulse_engine::persist::PersistConfig;
 use passpulse_engine::{Engine, EngineConfig, open_engine};
 use passpulse_ingest::ConsumerOptions;
-use passpulse_query::insights::{INSIGHTS, InsightSettings, PASS_ORIGIN_VIEW, Scope};
+use passpulse_query::insights::{
+    INSIGHTS, Insight, InsightSettings, PASS_ORIGIN_VIEW, Scope, find,
+};
 use passpulse_query::{QueryConfig, QueryService};
 
 use super::ingest::{drain, stop_engine};
@@ -32,18 +36,87 @@ pub struct InsightsBenchArgs {
     /// Timed runs per insight and engine (after one warm-up run).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Time only these insights (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Keep the history in this data directory. If it already holds one, that history is
+    /// reused: nothing is ingested and only the Parquet and DuckDB columns are measured.
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Also time the query in each of these files (named by the file's stem), beside DuckDB.
+    #[arg(long)]
+    pub sql: Vec<std::path::PathBuf>,
+    /// Print each measured query's `EXPLAIN ANALYZE` over the Parquet history.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+/// A query the bench measures: its name, its SQL for us and its SQL for DuckDB.
+struct Measured {
+    name: String,
+    sql: String,
+    params: Vec<(String, ScalarValue)>,
+    duckdb: String,
+}
+
+impl InsightsBenchArgs {
+    /// The queries this run measures: the insights chosen by `--only` (all if none), then the
+    /// files of `--sql`.
+    fn selected(&self) -> Result<Vec<Measured>> {
+        let settings = InsightSettings::default();
+        let insights: Vec<&Insight> = if self.only.is_empty() {
+            INSIGHTS.iter().collect()
+        } else {
+            self.only
+                .iter()
+                .map(|n| {
+                    find(n).with_context(|| {
+                        let names: Vec<_> = INSIGHTS.iter().map(|i| i.name).collect();
+                        format!("no insight {n:?}; the insights are {}", names.join(", "))
+                    })
+                })
+                .collect::<Result<_>>()?
+        };
+        let mut out: Vec<Measured> = insights
+            .into_iter()
+            .map(|i| {
+                let (sql, params) = i.scoped_sql(&Scope::default(), &settings);
+                Measured {
+                    name: i.name.to_string(),
+                    sql,
+                    params,
+                    duckdb: duckdb_sql(&i.view_sql(&settings)),
+                }
+            })
+            .collect();
+        for path in &self.sql {
+            let sql = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let name = path
+                .file_stem()
+                .map_or("query".into(), |s| s.to_string_lossy().into_owned());
+            out.push(Measured {
+                name,
+                duckdb: duckdb_sql(&sql),
+                sql,
+                params: Vec::new(),
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// Median seconds and row count of every insight on `engine`.
 async fn time_insights(
     engine: Engine,
+    queries: &[Measured],
     repeats: usize,
-) -> Result<BTreeMap<&'static str, (f64, usize)>> {
+    explain: bool,
+) -> Result<BTreeMap<String, (f64, usize)>> {
     let service = QueryService::new(engine, QueryConfig::default())?;
-    let settings = InsightSettings::default();
     let mut out = BTreeMap::new();
-    for i in INSIGHTS {
-        let (sql, params) = i.scoped_sql(&Scope::default(), &settings);
+    for q in queries {
+        let (sql, params) = (&q.sql, &q.params);
         let mut times = Vec::new();
         let mut rows = 0;
         for run in 0..=repeats {
@@ -61,21 +134,51 @@ async fn time_insights(
                 }
                 Err(e) => {
                     // a refused query (memory, time) is a result too: report it and go on
-                    eprintln!("{}: {e}", i.name);
+                    eprintln!("{}: {e}", q.name);
                     times = vec![f64::NAN];
                     break;
                 }
             }
         }
-        out.insert(i.name, (median(times), rows));
+        out.insert(q.name.clone(), (median(times), rows));
+        if explain {
+            let svc = service.clone();
+            let (sql, params) = (format!("EXPLAIN ANALYZE {sql}"), params.clone());
+            let plan = service
+                .runtime()
+                .spawn(async move { explain_text(&svc, &sql, params).await })
+                .await??;
+            println!("-- {}\n{plan}", q.name);
+        }
     }
     Ok(out)
+}
+
+/// The text of an `EXPLAIN ANALYZE` result.
+async fn explain_text(
+    svc: &Arc<QueryService>,
+    sql: &str,
+    params: Vec<(String, ScalarValue)>,
+) -> Result<String> {
+    let (_, mut stream) = svc.start_with(sql, params).await?;
+    let mut text = String::new();
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        let col = datafusion::arrow::util::display::ArrayFormatter::try_new(
+            b.column(b.num_columns() - 1).as_ref(),
+            &Default::default(),
+        )?;
+        for row in 0..b.num_rows() {
+            let _ = writeln!(text, "{}", col.value(row));
+        }
+    }
+    Ok(text)
 }
 
 async fn run_once(
     svc: &Arc<QueryService>,
     sql: &str,
-    params: Vec<(String, datafusion::common::ScalarValue)>,
+    params: Vec<(String, ScalarValue)>,
 ) -> Result<(f64, usize)> {
     let t0 = Instant::now();
     let (_, mut stream) = svc.start_with(sql, params).await?;
@@ -123,11 +226,16 @@ con.execute(f"CREATE VIEW pass_origin AS {spec['pass_origin']}")
 out = {}
 for name, sql in spec['insights'].items():
     times, rows = [], 0
-    for run in range(spec['repeats'] + 1):
-        t0 = time.perf_counter()
-        rows = len(con.execute(sql).fetchall())
-        if run > 0:
-            times.append(time.perf_counter() - t0)
+    try:
+        for run in range(spec['repeats'] + 1):
+            t0 = time.perf_counter()
+            rows = len(con.execute(sql).fetchall())
+            if run > 0:
+                times.append(time.perf_counter() - t0)
+    except duckdb.Error as e:
+        print(f"{name}: DuckDB: {e}", file=sys.stderr)
+        out[name] = [None, 0]
+        continue
     times.sort()
     out[name] = [times[len(times) // 2], rows]
 print(json.dumps(out))
@@ -136,13 +244,13 @@ print(json.dumps(out))
 /// Median seconds and row count of every insight in DuckDB over the Parquet files of `dir`.
 fn duckdb_insights(
     dir: &std::path::Path,
+    queries: &[Measured],
     repeats: usize,
     threads: usize,
 ) -> Result<BTreeMap<String, (f64, usize)>> {
-    let settings = InsightSettings::default();
-    let insights: BTreeMap<&str, String> = INSIGHTS
+    let insights: BTreeMap<&str, &str> = queries
         .iter()
-        .map(|i| (i.name, duckdb_sql(&i.view_sql(&settings))))
+        .map(|q| (q.name.as_str(), q.duckdb.as_str()))
         .collect();
     let spec = serde_json::json!({
         "glob": format!("{}/events/*/*.parquet", dir.display()),
@@ -167,12 +275,86 @@ fn duckdb_insights(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let v: BTreeMap<String, (f64, usize)> =
+    // a query DuckDB refused is reported on stderr and measured as NaN
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let v: BTreeMap<String, (Option<f64>, usize)> =
         serde_json::from_slice(&out.stdout).context("DuckDB output")?;
-    Ok(v)
+    Ok(v.into_iter()
+        .map(|(k, (t, n))| (k, (t.unwrap_or(f64::NAN), n)))
+        .collect())
 }
 
 pub async fn insights(args: InsightsBenchArgs) -> Result<()> {
+    let selected = args.selected()?;
+    let tmp;
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let persist = PersistConfig::new(&dir);
+    let reuse = std::fs::read_dir(dir.join("events")).is_ok_and(|mut d| d.next().is_some());
+    let (live, mixed) = if reuse {
+        eprintln!("reusing the history in {}", dir.display());
+        (f64::NAN, BTreeMap::new())
+    } else {
+        ingest_and_time(&args, &selected, persist.clone()).await?
+    };
+
+    let cfg = EngineConfig {
+        persist: Some(persist),
+        ..EngineConfig::default()
+    };
+    let (writer, engine, _) = tokio::task::spawn_blocking(move || open_engine(cfg)).await??;
+    let events = engine.events_applied();
+    ensure!(
+        engine.hot_snapshot().rows() == 0 && (reuse || events == args.history.events),
+        "the reopened engine should hold every event, all in Parquet"
+    );
+    let on_disk = time_insights(engine, &selected, args.repeats, args.explain).await?;
+    tokio::task::spawn_blocking(move || writer.close()).await?;
+    let threads = QueryConfig::default().threads;
+    let duck = duckdb_insights(&dir, &selected, args.repeats, threads)?;
+
+    println!("events            {events}");
+    println!(
+        "live figures      {:.3} ms (median of 1,000 Engine::stats calls)",
+        live * 1e3
+    );
+    println!(
+        "{:<24} {:>14} {:>14} {:>14} {:>8} {:>9}",
+        "insight", "hot+parquet", "parquet", "duckdb", "rows", "vs duckdb"
+    );
+    for (name, (secs, rows)) in &on_disk {
+        let m = mixed.get(name).map_or(f64::NAN, |(m, _)| *m);
+        let (d, drows) = duck.get(name).copied().unwrap_or((f64::NAN, 0));
+        let rows_note = if drows == *rows {
+            rows.to_string()
+        } else {
+            format!("{rows}≠{drows}")
+        };
+        println!(
+            "{:<24} {:>11.1} ms {:>11.1} ms {:>11.1} ms {:>8} {:>8.2}×",
+            name,
+            m * 1e3,
+            secs * 1e3,
+            d * 1e3,
+            rows_note,
+            secs / d
+        );
+    }
+    Ok(())
+}
+
+/// Ingests the generated history into a persistent engine, then times the live figures and
+/// the insights while that engine still runs (part of the history in memory).
+async fn ingest_and_time(
+    args: &InsightsBenchArgs,
+    selected: &[Measured],
+    persist: PersistConfig,
+) -> Result<(f64, BTreeMap<String, (f64, usize)>)> {
     let bb = BenchBus::start(args.history.nats_url.as_deref()).await?;
     bb.publish(
         args.history.seed,
@@ -182,17 +364,8 @@ pub async fn insights(args: InsightsBenchArgs) -> Result<()> {
         20_000.0,
     )
     .await?;
-    let tmp = tempfile::tempdir()?;
-    let persist = PersistConfig::new(tmp.path());
     let opts = ConsumerOptions::default();
-    let (_, run, bus) = drain(
-        &bb.js,
-        &bb.bus,
-        &opts,
-        args.history.events,
-        Some(persist.clone()),
-    )
-    .await?;
+    let (_, run, bus) = drain(&bb.js, &bb.bus, &opts, args.history.events, Some(persist)).await?;
     let snap = run.engine.hot_snapshot();
     eprintln!(
         "{} events: {} in memory, {} in {} Parquet files",
@@ -211,52 +384,10 @@ pub async fn insights(args: InsightsBenchArgs) -> Result<()> {
         }
         median(t)
     };
-    let mixed = time_insights(run.engine.clone(), args.repeats).await?;
+    let mixed = time_insights(run.engine.clone(), selected, args.repeats, false).await?;
     stop_engine(&bb.js, run, &bus).await;
     bb.stop().await;
-
-    let cfg = EngineConfig {
-        persist: Some(persist),
-        ..EngineConfig::default()
-    };
-    let (writer, engine, _) = tokio::task::spawn_blocking(move || open_engine(cfg)).await??;
-    ensure!(
-        engine.hot_snapshot().rows() == 0 && engine.events_applied() == args.history.events,
-        "the reopened engine should hold every event, all in Parquet"
-    );
-    let on_disk = time_insights(engine, args.repeats).await?;
-    tokio::task::spawn_blocking(move || writer.close()).await?;
-    let threads = QueryConfig::default().threads;
-    let duck = duckdb_insights(tmp.path(), args.repeats, threads)?;
-
-    println!("events            {}", args.history.events);
-    println!(
-        "live figures      {:.3} ms (median of 1,000 Engine::stats calls)",
-        live * 1e3
-    );
-    println!(
-        "{:<24} {:>14} {:>14} {:>14} {:>8} {:>9}",
-        "insight", "hot+parquet", "parquet", "duckdb", "rows", "vs duckdb"
-    );
-    for (name, (secs, rows)) in &on_disk {
-        let (m, _) = mixed[name];
-        let (d, drows) = duck.get(*name).copied().unwrap_or((f64::NAN, 0));
-        let rows_note = if drows == *rows {
-            rows.to_string()
-        } else {
-            format!("{rows}≠{drows}")
-        };
-        println!(
-            "{:<24} {:>11.1} ms {:>11.1} ms {:>11.1} ms {:>8} {:>8.2}×",
-            name,
-            m * 1e3,
-            secs * 1e3,
-            d * 1e3,
-            rows_note,
-            secs / d
-        );
-    }
-    Ok(())
+    Ok((live, mixed))
 }
 
 #[cfg(test)]

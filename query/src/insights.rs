@@ -244,7 +244,9 @@ pub const INSIGHTS: &[Insight] = &[
                     bool_or(type = 'pass.installed') AS was_installed, \
                     bool_or(type = 'scan') AS was_scanned, \
                     bool_or(type = 'redemption') AS was_redeemed \
-             FROM {events} AS ev WHERE pass IS NOT NULL GROUP BY pass), \
+             FROM {events} AS ev WHERE pass IS NOT NULL \
+               AND type IN ('pass.issued', 'pass.installed', 'scan', 'redemption') \
+             GROUP BY pass), \
            steps AS ( \
              SELECT source, campaign, \
                     count(*) AS issued, \

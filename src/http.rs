@@ -1,6 +1,7 @@
 //! The HTTP surface of `passpulse serve`: the query, intake and pass APIs under `/api` (behind
 //! the optional bearer token, compared in constant time), the wallet routes of the issuer
-//! (`/wallet`, `/passes`: their own credentials), `/healthz` and `/metrics`.
+//! (`/wallet`, `/passes`: their own credentials), the dashboard at `/`, `/healthz` and
+//! `/metrics`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -51,7 +52,9 @@ pub fn app(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .merge(api);
+        .merge(api)
+        // the page holds no data; its script sends the bearer token with every API call
+        .merge(passpulse_query::dashboard::router());
     if let Some(i) = issuer {
         // wallets and download links carry their own credentials, not the bearer token
         router = router.merge(passpulse_issuer::http::public_router(i));

@@ -1,6 +1,8 @@
 //! passpulse query layer: the DataFusion session over the live engine (and, later, Parquet),
-//! the read-only HTTP SQL API with streaming result formats, and the live-stats endpoint.
+//! the read-only HTTP SQL API with streaming result formats, the insights and live-stats
+//! endpoints, and the dashboard page.
 
+pub mod dashboard;
 pub mod format;
 pub mod http;
 pub mod insights;

@@ -1,0 +1,232 @@
+//! The dashboard in a real browser: Debian's Chromium (headless; `scripts/setup` installs it)
+//! loads `/` from the real server fed a seeded data set through NATS, runs the page's script, and
+//! every card must show the numbers the insights API returns, unfiltered and with a filter in
+//! the URL. A screenshot is saved under the test's output directory.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Nats, Server, generate, js_publish};
+use serde_json::Value;
+
+/// Flags that keep Chromium off the network on a closed machine.
+const CHROMIUM: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,2400",
+    // virtual time runs the page's first refresh (and a few timers) to the end
+    "--virtual-time-budget=10000",
+];
+
+/// The page's DOM after its script ran, or a screenshot of it.
+fn chromium(url: &str, screenshot: Option<&Path>) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("chromium");
+    cmd.args(CHROMIUM)
+        .arg(format!("--user-data-dir={}", profile.path().display()));
+    match screenshot {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("chromium runs (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The text of the figure `<dd data-key="key">`.
+fn figure<'a>(dom: &'a str, key: &str) -> &'a str {
+    let tag = format!("<dd data-key=\"{key}\">");
+    let at = dom
+        .find(&tag)
+        .unwrap_or_else(|| panic!("figure {key} is on the page"));
+    let rest = &dom[at + tag.len()..];
+    &rest[..rest.find('<').unwrap()]
+}
+
+/// A figure's leading count ("1,394 · 60.2 %" is 1394).
+fn count(dom: &str, key: &str) -> u64 {
+    let text = figure(dom, key);
+    text.split(" · ")
+        .next()
+        .unwrap()
+        .replace(',', "")
+        .parse()
+        .unwrap_or_else(|_| panic!("figure {key} = {text:?} is a count"))
+}
+
+/// Table cells with `data-key="key"`.
+fn cells(dom: &str, key: &str) -> usize {
+    dom.matches(&format!("<td data-key=\"{key}\"")).count()
+}
+
+/// Each figure in `keys` shows the sum of that column of `rows`.
+fn same_figures(dom: &str, rows: &Value, keys: &[&str], card: &str, query: &str) {
+    for key in keys {
+        assert_eq!(count(dom, key), sum(rows, key), "{card}: {key} ({query})");
+    }
+}
+
+fn sum(rows: &Value, key: &str) -> u64 {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[key].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Every card against the API, for the filters in `query` (URL query text, may be empty).
+async fn check_cards(server: &Server, query: &str) -> u64 {
+    let url = |path: &str| {
+        if query.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{query}")
+        }
+    };
+    let dom = chromium(&format!("{}/{}", server.base, url("")), None);
+    assert!(
+        dom.contains("data-ready=\"true\""),
+        "every card loaded: {}",
+        &dom[dom.find("id=\"status\"").unwrap_or(0)..][..200.min(dom.len())]
+    );
+    let api = |name: &str| {
+        let path = url(&format!("/api/v1/insights/{name}"));
+        async move { server.get_json(&path).await }
+    };
+
+    let funnel = api("channel_funnel").await;
+    same_figures(
+        &dom,
+        &funnel,
+        &["clicked", "issued", "installed", "scanned", "redeemed"],
+        "leads",
+        query,
+    );
+    assert_eq!(
+        cells(&dom, "campaign"),
+        funnel.as_array().unwrap().len(),
+        "signup sources: one row per source and campaign ({query})"
+    );
+
+    let base = api("estimated_active_base").await;
+    same_figures(
+        &dom,
+        &base,
+        &["active", "estimated_active"],
+        "install base",
+        query,
+    );
+
+    let postal = api("postal_savings").await;
+    same_figures(
+        &dom,
+        &postal,
+        &["letters_needed", "letters_avoided"],
+        "postal",
+        query,
+    );
+
+    let heat = api("scan_heatmap").await;
+    let drawn: u64 = dom
+        .split("data-scans=\"")
+        .skip(1)
+        .map(|s| s[..s.find('"').unwrap()].parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(drawn, sum(&heat, "scans"), "heatmap: every scan ({query})");
+
+    let peaks = api("location_peaks").await;
+    assert_eq!(
+        cells(&dom, "peak_minute"),
+        peaks.as_array().unwrap().len(),
+        "busiest locations ({query})"
+    );
+
+    let offers = api("offers").await;
+    assert_eq!(cells(&dom, "redemptions"), offers.as_array().unwrap().len());
+    let (viewing, redeeming) = (
+        sum(&offers, "passes_viewing"),
+        sum(&offers, "passes_redeeming"),
+    );
+    if viewing > 0 {
+        let shown: f64 = figure(&dom, "redemption_rate")
+            .trim_end_matches(" %")
+            .parse()
+            .unwrap();
+        let want = redeeming as f64 * 100.0 / viewing as f64;
+        assert!(
+            (shown - want).abs() <= 0.05,
+            "redemption rate {shown} vs {want}"
+        );
+    }
+
+    let activity = api("activity").await;
+    assert_eq!(
+        cells(&dom, "type"),
+        activity.as_array().unwrap().len().min(20),
+        "the activity feed shows the 20 newest events ({query})"
+    );
+    let survival = api("survival").await;
+    let chart = &dom[dom.find("id=\"survival-chart\"").unwrap()..];
+    let chart = &chart[..chart.find("</section>").unwrap()];
+    assert_eq!(
+        chart.contains("<svg"),
+        !survival.as_array().unwrap().is_empty(),
+        "survival curve drawn when there are cohorts ({query})"
+    );
+
+    let live = server.get_json("/api/v1/insights/live").await;
+    assert_eq!(
+        count(&dom, "active_passes"),
+        live["install_base"]["all"]["active_passes"]
+            .as_u64()
+            .unwrap()
+    );
+    assert_eq!(count(&dom, "events"), live["events"].as_u64().unwrap());
+    sum(&funnel, "issued")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_card_shows_the_insights_and_follows_the_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = generate(7, 6_000, 1_500.0, &dir.path().join("gen.ndjson"));
+    let nats = Nats::start();
+    let server = Server::start(Some(&nats), &[]).await;
+    let js = nats.js().await;
+    for chunk in lines.chunks(500) {
+        js_publish(&js, "passpulse.events.batch", chunk.join("\n").into_bytes()).await;
+    }
+    server.wait_events(lines.len() as i64).await;
+
+    let all_issued = check_cards(&server, "").await;
+    assert!(all_issued > 0, "the seeded data issues passes");
+
+    // a source filter in the URL narrows every card the same way as the API
+    let funnel = server.get_json("/api/v1/insights/channel_funnel").await;
+    let source = funnel[0]["source"].as_str().unwrap().to_string();
+    let issued = check_cards(&server, &format!("source={source}")).await;
+    assert!(
+        0 < issued && issued < all_issued,
+        "the filter narrows the leads ({issued} of {all_issued})"
+    );
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(&format!("{}/", server.base), Some(&shot));
+    let bytes = std::fs::read(&shot).expect("the screenshot is saved");
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000);
+}

@@ -141,6 +141,10 @@ async fn check_cards(server: &Server, query: &str) -> u64 {
         query,
     );
 
+    let usage = api("usage_daily").await;
+    let usage_keys = ["scans", "rejected", "redemptions"];
+    same_figures(&dom, &usage, &usage_keys, "usage", query);
+
     let heat = api("scan_heatmap").await;
     let drawn: u64 = dom
         .split("data-scans=\"")

@@ -216,6 +216,29 @@ async fn every_insight_matches_an_independent_computation() {
         .collect();
     assert_eq!(got, want, "adoption_daily");
 
+    // usage per day
+    let mut want: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    for e in &evs {
+        let w = match e.ty() {
+            "scan" => {
+                let w = want.entry(day(e.ts)).or_default();
+                w[0] += 1;
+                w[1] += (e.s("result") == Some("accepted")) as u64;
+                w[2] += (e.s("result") == Some("rejected")) as u64;
+                continue;
+            }
+            "redemption" => want.entry(day(e.ts)).or_default(),
+            _ => continue,
+        };
+        w[3] += 1;
+    }
+    let got: BTreeMap<String, [u64; 4]> = table(
+        &get("usage_daily").await,
+        |r| text(&r["day"]).unwrap(),
+        ["scans", "accepted", "rejected", "redemptions"],
+    );
+    assert_eq!(got, want, "usage_daily");
+
     // scans per location
     let mut want: BTreeMap<String, (u64, u64, u64, BTreeSet<&str>)> = BTreeMap::new();
     for e in evs.iter().filter(|e| e.ty() == "scan") {

@@ -233,6 +233,18 @@ pub const INSIGHTS: &[Insight] = &[
            ORDER BY peak_minute_scans DESC, m.location",
     },
     Insight {
+        name: "usage_daily",
+        title: "Scans (accepted, rejected), redemptions and redeemed value per UTC day",
+        template: "SELECT date_trunc('day', ts) AS day, \
+             count(*) FILTER (WHERE type = 'scan') AS scans, \
+             count(*) FILTER (WHERE type = 'scan' AND result = 'accepted') AS accepted, \
+             count(*) FILTER (WHERE type = 'scan' AND result = 'rejected') AS rejected, \
+             count(*) FILTER (WHERE type = 'redemption') AS redemptions, \
+             sum(value) FILTER (WHERE type = 'redemption') AS redeemed_value \
+           FROM {events} AS ev WHERE type IN ('scan', 'redemption') \
+           GROUP BY 1 ORDER BY 1",
+    },
+    Insight {
         name: "channel_funnel",
         title: "Per signup source and campaign: link clicked → issued → installed → first scan \
                 → redemption, with conversion rates",

@@ -146,6 +146,38 @@ fn scans_by_location_and_heatmap_and_peaks() {
         cols(&email, &["location", "scans"]),
         [[json!("berlin"), json!(3)]]
     );
+    // usage per day: 11-02 scans s1, s2 and redemption r1 (value 5); 11-03 scans s5, s3
+    // (rejected), s4
+    let usage = view(&svc, "usage_daily", "day");
+    let keys = [
+        "day",
+        "scans",
+        "accepted",
+        "rejected",
+        "redemptions",
+        "redeemed_value",
+    ];
+    assert_eq!(
+        cols(&usage, &keys),
+        [
+            [
+                json!("2026-11-02T00:00:00Z"),
+                json!(2),
+                json!(2),
+                json!(0),
+                json!(1),
+                json!(5.0)
+            ],
+            [
+                json!("2026-11-03T00:00:00Z"),
+                json!(3),
+                json!(2),
+                json!(1),
+                json!(0),
+                json!(null)
+            ],
+        ]
+    );
     // a value that would change the statement if it were pasted into the SQL matches nothing
     let odd = insight(
         &svc,

@@ -214,9 +214,20 @@ const cards = {
     fillList("programs", base.map((r) => r.program));
   },
   async usage() {
-    const [heat, peaks] = await Promise.all([
+    const [days, heat, peaks] = await Promise.all([
+      api("/api/v1/insights/usage_daily"),
       api("/api/v1/insights/scan_heatmap"),
       api("/api/v1/insights/location_peaks"),
+    ]);
+    lineChart("usage-chart", days.map((r) => String(r.day).slice(0, 10)), [
+      { name: "Scans", values: days.map((r) => r.scans), cls: "s1" },
+      { name: "Redemptions", values: days.map((r) => r.redemptions), cls: "s4" },
+    ]);
+    const total = (k) => days.reduce((a, r) => a + (r[k] || 0), 0);
+    figures("usage-figures", [
+      ["scans", "Scans", num(total("scans"))],
+      ["rejected", "Rejected at the scanner", num(total("rejected"))],
+      ["redemptions", "Redemptions", num(total("redemptions"))],
     ]);
     heatmap("heatmap", heat);
     table("locations-table", peaks, [

@@ -6,7 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{Nats, Server, generate, js_publish};
 use serde_json::Value;
@@ -233,4 +234,173 @@ async fn every_card_shows_the_insights_and_follows_the_filters() {
     chromium(&format!("{}/", server.base), Some(&shot));
     let bytes = std::fs::read(&shot).expect("the screenshot is saved");
     assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000);
+}
+
+/// A ChromeDriver session (the WebDriver protocol over HTTP) driving headless Chromium: for what
+/// a person does on the page, such as typing the access token.
+struct Driver {
+    child: Child,
+    http: reqwest::Client,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = passpulse_ingest::nats_server::free_port().unwrap();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (scripts/setup installs chromium-driver)");
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let profile = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = CHROMIUM.iter().map(|a| a.to_string()).collect();
+        args.retain(|a| !a.starts_with("--virtual-time-budget"));
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
+        let t0 = Instant::now();
+        let session = loop {
+            match http
+                .post(format!("{base}/session"))
+                .json(&caps)
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    let v: Value = r.json().await.unwrap();
+                    break v["value"]["sessionId"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("a WebDriver session: {v}"))
+                        .to_string();
+                }
+                Err(_) if t0.elapsed() < Duration::from_secs(20) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("chromedriver did not answer: {e}"),
+            }
+        };
+        Driver {
+            child,
+            http,
+            session: format!("{base}/session/{session}"),
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.session))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn script(&self, js: &str) -> Value {
+        self.call(
+            "/execute/sync",
+            serde_json::json!({"script": js, "args": []}),
+        )
+        .await
+    }
+
+    /// Polls `js` until it returns something other than null or false.
+    async fn until(&self, js: &str, what: &str) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.script(js).await;
+            if !(v.is_null() || v == Value::Bool(false)) {
+                return v;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_for_the_bearer_token_and_uses_it() {
+    let nats = Nats::start();
+    let server = Server::start(Some(&nats), &["--auth-token", "dashboard-test-token-0123"]).await;
+    let js = nats.js().await;
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            common::ev(
+                &format!("c{i}"),
+                "link.clicked",
+                1_790_000_000_000 + i * 1_000,
+                r#""source":"email","campaign":"w47""#,
+            )
+        })
+        .collect();
+    js_publish(&js, "passpulse.events.batch", lines.join("\n").into_bytes()).await;
+    server.wait_events(40).await;
+
+    let d = Driver::start().await;
+    d.call(
+        "/url",
+        serde_json::json!({"url": format!("{}/", server.base)}),
+    )
+    .await;
+    // without a token every card fails, and the page asks for one
+    d.until(
+        "return document.body.dataset.ready === 'error' && !document.getElementById('token').hidden",
+        "the token form is shown",
+    )
+    .await;
+    assert!(
+        d.script("return document.getElementById('status').textContent")
+            .await
+            .as_str()
+            .unwrap()
+            .contains("access token")
+    );
+    // typed into the form (keyboard), submitted: the cards load with it
+    let input = d
+        .call(
+            "/element",
+            serde_json::json!({"using": "css selector", "value": "#token input"}),
+        )
+        .await;
+    let id = input
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.call(
+        &format!("/element/{id}/value"),
+        serde_json::json!({"text": "dashboard-test-token-0123\u{E007}"}),
+    )
+    .await;
+    let clicked = d
+        .until(
+            "const e = document.querySelector('dd[data-key=clicked]'); \
+             return e && e.textContent !== '0' ? e.textContent : null",
+            "the leads card shows the clicks",
+        )
+        .await;
+    assert_eq!(clicked, Value::String("40".into()));
+    assert_eq!(
+        d.script("return document.getElementById('token').hidden")
+            .await,
+        Value::Bool(true)
+    );
 }

@@ -331,8 +331,9 @@ async fn every_insight_matches_an_independent_computation() {
         "postal_list: one row per pass not installed whose issue names a customer"
     );
 
-    // the funnel per (source, campaign), each step among the passes of the step before
-    let mut funnel: BTreeMap<(Option<String>, Option<String>), [u64; 5]> = BTreeMap::new();
+    // the funnel per (source, campaign), each step among the passes of the step before; the
+    // installed passes that viewed or engaged with an offer
+    let mut funnel: BTreeMap<(Option<String>, Option<String>), [u64; 6]> = BTreeMap::new();
     for e in evs.iter().filter(|e| e.ty() == "link.clicked") {
         let key = (
             e.s("source").map(str::to_string),
@@ -354,6 +355,9 @@ async fn every_insight_matches_an_independent_computation() {
         f[1] += 1;
         if step("pass.installed") {
             f[2] += 1;
+            if step("offer.viewed") || step("offer.engaged") {
+                f[5] += 1;
+            }
             if step("scan") {
                 f[3] += 1;
                 if step("redemption") {
@@ -362,10 +366,17 @@ async fn every_insight_matches_an_independent_computation() {
             }
         }
     }
-    let got: BTreeMap<(Option<String>, Option<String>), [u64; 5]> = table(
+    let got: BTreeMap<(Option<String>, Option<String>), [u64; 6]> = table(
         &get("channel_funnel").await,
         |r| (text(&r["source"]), text(&r["campaign"])),
-        ["clicked", "issued", "installed", "scanned", "redeemed"],
+        [
+            "clicked",
+            "issued",
+            "installed",
+            "scanned",
+            "redeemed",
+            "engaged",
+        ],
     );
     assert_eq!(got, funnel, "channel_funnel");
 

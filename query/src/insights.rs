@@ -247,7 +247,7 @@ pub const INSIGHTS: &[Insight] = &[
     Insight {
         name: "channel_funnel",
         title: "Per signup source and campaign: link clicked → issued → installed → first scan \
-                → redemption, with conversion rates",
+                → redemption, with conversion rates, and offer engagement of the installed passes",
         template: "WITH per_pass AS ( \
              SELECT pass, \
                     max(CAST(source AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS source, \
@@ -255,9 +255,11 @@ pub const INSIGHTS: &[Insight] = &[
                     bool_or(type = 'pass.issued') AS was_issued, \
                     bool_or(type = 'pass.installed') AS was_installed, \
                     bool_or(type = 'scan') AS was_scanned, \
-                    bool_or(type = 'redemption') AS was_redeemed \
+                    bool_or(type = 'redemption') AS was_redeemed, \
+                    bool_or(type IN ('offer.viewed', 'offer.engaged')) AS was_engaged \
              FROM {events} AS ev WHERE pass IS NOT NULL \
-               AND type IN ('pass.issued', 'pass.installed', 'scan', 'redemption') \
+               AND type IN ('pass.issued', 'pass.installed', 'scan', 'redemption', \
+                            'offer.viewed', 'offer.engaged') \
              GROUP BY pass), \
            steps AS ( \
              SELECT source, campaign, \
@@ -265,7 +267,8 @@ pub const INSIGHTS: &[Insight] = &[
                     count(*) FILTER (WHERE was_installed) AS installed, \
                     count(*) FILTER (WHERE was_installed AND was_scanned) AS scanned, \
                     count(*) FILTER (WHERE was_installed AND was_scanned AND was_redeemed) \
-                      AS redeemed \
+                      AS redeemed, \
+                    count(*) FILTER (WHERE was_installed AND was_engaged) AS engaged \
              FROM per_pass WHERE was_issued GROUP BY 1, 2), \
            clicks AS ( \
              SELECT CAST(source AS VARCHAR) AS source, CAST(campaign AS VARCHAR) AS campaign, \
@@ -276,15 +279,16 @@ pub const INSIGHTS: &[Insight] = &[
                     coalesce(s.campaign, c.campaign) AS campaign, \
                     coalesce(c.clicked, 0) AS clicked, coalesce(s.issued, 0) AS issued, \
                     coalesce(s.installed, 0) AS installed, coalesce(s.scanned, 0) AS scanned, \
-                    coalesce(s.redeemed, 0) AS redeemed \
+                    coalesce(s.redeemed, 0) AS redeemed, coalesce(s.engaged, 0) AS engaged \
              FROM steps s FULL JOIN clicks c \
                ON (s.source IS NOT DISTINCT FROM c.source) \
               AND (s.campaign IS NOT DISTINCT FROM c.campaign)) \
-           SELECT source, campaign, clicked, issued, installed, scanned, redeemed, \
+           SELECT source, campaign, clicked, issued, installed, scanned, redeemed, engaged, \
                   CASE WHEN clicked > 0 THEN issued * 1.0 / clicked END AS issued_per_click, \
                   CASE WHEN issued > 0 THEN installed * 1.0 / issued END AS install_rate, \
                   CASE WHEN installed > 0 THEN scanned * 1.0 / installed END AS scan_rate, \
-                  CASE WHEN scanned > 0 THEN redeemed * 1.0 / scanned END AS redemption_rate \
+                  CASE WHEN scanned > 0 THEN redeemed * 1.0 / scanned END AS redemption_rate, \
+                  CASE WHEN installed > 0 THEN engaged * 1.0 / installed END AS engagement_rate \
            FROM joined ORDER BY issued DESC, clicked DESC, source, campaign",
     },
     Insight {

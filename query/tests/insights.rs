@@ -294,6 +294,16 @@ fn channel_funnel() {
     );
     let email = insight(&svc, "channel_funnel", &scope(&[("campaign", "spring")]));
     assert_eq!(cols(&email, &keys), cols(&all[..1], &keys));
+    // engagement of the installed passes: P1 and P2 viewed O1 (email), P4 none (store)
+    let engaged = cols(&all, &["source", "engaged", "engagement_rate"]);
+    assert_eq!(
+        engaged,
+        [
+            [json!("email"), json!(2), json!(1.0)],
+            [json!("store"), json!(0), json!(0.0)],
+            [json!("sms"), json!(0), Value::Null],
+        ]
+    );
 }
 
 #[test]

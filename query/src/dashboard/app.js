@@ -191,6 +191,7 @@ const cards = {
       { key: "issued", label: "Issued", fmt: num, num: true },
       { key: "installed", label: "Installed", fmt: num, num: true },
       { key: "install_rate", label: "Install rate", fmt: pct, num: true },
+      { key: "engagement_rate", label: "Offer engagement", fmt: pct, num: true },
       { key: "scanned", label: "Scanned", fmt: num, num: true },
       { key: "redeemed", label: "Redeemed", fmt: num, num: true },
     ]);

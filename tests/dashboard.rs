@@ -185,14 +185,43 @@ async fn check_cards(server: &Server, query: &str) -> u64 {
         activity.as_array().unwrap().len().min(20),
         "the activity feed shows the 20 newest events ({query})"
     );
+    // the survival curves: the newest six cohorts, each point still_installed / passes over
+    // the cohort's sources at 1, 7, 30 and 90 days
     let survival = api("survival").await;
+    let rows = survival.as_array().unwrap();
+    let week = |r: &Value| r["cohort_week"].as_str().unwrap()[..10].to_string();
+    let mut cohorts: Vec<String> = rows.iter().map(week).collect();
+    cohorts.sort();
+    cohorts.dedup();
+    let mut want = Vec::new();
+    for c in &cohorts[cohorts.len().saturating_sub(6)..] {
+        for d in [1, 7, 30, 90] {
+            let at: Vec<&Value> = rows
+                .iter()
+                .filter(|r| week(r) == *c && r["days"].as_u64() == Some(d))
+                .collect();
+            let n: u64 = at.iter().map(|r| r["passes"].as_u64().unwrap()).sum();
+            let still: u64 = at
+                .iter()
+                .map(|r| r["still_installed"].as_u64().unwrap())
+                .sum();
+            if n > 0 {
+                want.push(still as f64 / n as f64);
+            }
+        }
+    }
     let chart = &dom[dom.find("id=\"survival-chart\"").unwrap()..];
     let chart = &chart[..chart.find("</section>").unwrap()];
-    assert_eq!(
-        chart.contains("<svg"),
-        !survival.as_array().unwrap().is_empty(),
-        "survival curve drawn when there are cohorts ({query})"
-    );
+    let drawn: Vec<f64> = chart
+        .split("data-value=\"")
+        .skip(1)
+        .map(|s| s[..s.find('"').unwrap()].parse().unwrap())
+        .collect();
+    assert!(!want.is_empty(), "the seeded data has survival checkpoints");
+    assert_eq!(drawn.len(), want.len(), "survival points ({query})");
+    for (a, b) in drawn.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-9, "survival {a} vs {b} ({query})");
+    }
 
     let live = server.get_json("/api/v1/insights/live").await;
     assert_eq!(
@@ -303,6 +332,28 @@ impl Driver {
         v["value"].clone()
     }
 
+    /// Types `text` into the element matching `css` (keyboard input; `\u{E007}` is Enter).
+    async fn type_into(&self, css: &str, text: &str) {
+        let found = self
+            .call(
+                "/element",
+                serde_json::json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        // the element reference is the one value of the answer's object
+        let id = found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{css} is on the page: {found}"))
+            .to_string();
+        self.call(
+            &format!("/element/{id}/value"),
+            serde_json::json!({ "text": text }),
+        )
+        .await;
+    }
+
     async fn script(&self, js: &str) -> Value {
         self.call(
             "/execute/sync",
@@ -333,7 +384,7 @@ impl Drop for Driver {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_asks_for_the_bearer_token_and_uses_it() {
+async fn the_page_asks_for_the_token_uses_it_and_keeps_typed_filters_in_the_url() {
     let nats = Nats::start();
     let server = Server::start(Some(&nats), &["--auth-token", "dashboard-test-token-0123"]).await;
     let js = nats.js().await;
@@ -370,26 +421,8 @@ async fn the_page_asks_for_the_bearer_token_and_uses_it() {
             .contains("access token")
     );
     // typed into the form (keyboard), submitted: the cards load with it
-    let input = d
-        .call(
-            "/element",
-            serde_json::json!({"using": "css selector", "value": "#token input"}),
-        )
+    d.type_into("#token input", "dashboard-test-token-0123\u{E007}")
         .await;
-    let id = input
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_string();
-    d.call(
-        &format!("/element/{id}/value"),
-        serde_json::json!({"text": "dashboard-test-token-0123\u{E007}"}),
-    )
-    .await;
     let clicked = d
         .until(
             "const e = document.querySelector('dd[data-key=clicked]'); \
@@ -403,4 +436,14 @@ async fn the_page_asks_for_the_bearer_token_and_uses_it() {
             .await,
         Value::Bool(true)
     );
+
+    // a filter typed into the form (Enter submits) goes into the URL and narrows the cards
+    d.type_into("#filters input[name=source]", "sms\u{E007}")
+        .await;
+    d.until(
+        "return location.search === '?source=sms' && \
+                document.querySelector('dd[data-key=clicked]').textContent === '0'",
+        "the source filter is in the URL and the leads card shows no sms clicks",
+    )
+    .await;
 }

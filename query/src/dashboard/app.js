@@ -117,7 +117,7 @@ function lineChart(id, xs, series, yFmt = num, top = null) {
     svg.append(el("path", { d, class: "line " + s.cls }, el("title", {}, s.name)));
     s.values.forEach((v, i) => {
       if (v !== null) {
-        svg.append(el("circle", { cx: x(i), cy: y(v), r: 3.5, class: "dot " + s.cls },
+        svg.append(el("circle", { cx: x(i), cy: y(v), r: 3.5, class: "dot " + s.cls, "data-value": v },
           el("title", {}, `${s.name}, ${xs[i]}: ${yFmt(v)}`)));
       }
     });

@@ -82,4 +82,41 @@ mod tests {
             assert!(INDEX.contains(&format!("id=\"{id}\"")), "#{id} is missing");
         }
     }
+
+    /// WCAG relative luminance of `#rrggbb`.
+    fn luminance(hex: &str) -> f64 {
+        let c = |i: usize| {
+            let v = f64::from(u8::from_str_radix(&hex[i..i + 2], 16).unwrap()) / 255.0;
+            if v <= 0.039_28 {
+                v / 12.92
+            } else {
+                ((v + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        0.2126 * c(1) + 0.7152 * c(3) + 0.0722 * c(5)
+    }
+
+    fn contrast(a: &str, b: &str) -> f64 {
+        let (a, b) = (luminance(a), luminance(b));
+        (a.max(b) + 0.05) / (a.min(b) + 0.05)
+    }
+
+    #[test]
+    fn every_text_colour_meets_wcag_aa_contrast() {
+        // the palette is the `:root` custom properties of the style sheet
+        let var = |name: &str| -> &str {
+            let at = STYLE.find(&format!("--{name}: #")).unwrap() + name.len() + 4;
+            &STYLE[at..at + 7]
+        };
+        let text = ["ink", "muted", "accent", "s1", "s2", "s3", "s4", "s5", "s6"];
+        for background in ["card", "bg"] {
+            for fg in text {
+                let ratio = contrast(var(fg), var(background));
+                assert!(ratio >= 4.5, "--{fg} on --{background}: {ratio:.2}:1");
+            }
+        }
+        // buttons: white on the accent colour
+        assert!(contrast("#ffffff", var("accent")) >= 4.5);
+        assert!((contrast("#000000", "#ffffff") - 21.0).abs() < 1e-9);
+    }
 }

@@ -22,6 +22,8 @@ const CHROMIUM: &[&str] = &[
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-breakpad",
+    "--disable-crash-reporter",
     "--window-size=1280,2400",
     // virtual time runs the page's first refresh (and a few timers) to the end
     "--virtual-time-budget=10000",
@@ -41,12 +43,22 @@ fn chromium(url: &str, screenshot: Option<&Path>) -> String {
         .arg(url)
         .output()
         .expect("chromium runs (scripts/setup installs it)");
+    kill_browser(profile.path());
     assert!(
         out.status.success(),
         "chromium failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stops every Chromium process of the profile `dir`: helper processes can outlive the browser
+/// (and a WebDriver session its driver), and must not pile up across test runs.
+fn kill_browser(dir: &Path) {
+    let _ = Command::new("pkill")
+        .args(["-f", "--"])
+        .arg(format!("--user-data-dir={}", dir.display()))
+        .status();
 }
 
 /// The text of the figure `<dd data-key="key">`.
@@ -271,7 +283,7 @@ struct Driver {
     child: Child,
     http: reqwest::Client,
     session: String,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
 }
 
 impl Driver {
@@ -316,7 +328,7 @@ impl Driver {
             child,
             http,
             session: format!("{base}/session/{session}"),
-            _profile: profile,
+            profile,
         }
     }
 
@@ -380,6 +392,7 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        kill_browser(self.profile.path());
     }
 }
 

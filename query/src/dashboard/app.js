@@ -13,6 +13,8 @@ const fmtInt = new Intl.NumberFormat("en", { maximumFractionDigits: 0 });
 const fmtMoney = new Intl.NumberFormat("en", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 const pct = (v) => (v === null || v === undefined ? "–" : (v * 100).toFixed(1) + " %");
 const num = (v) => (v === null || v === undefined ? "–" : fmtInt.format(v));
+/** The sum of column `key` over `rows` (missing values count 0). */
+const total = (rows, key) => rows.reduce((a, r) => a + (r[key] || 0), 0);
 const when = (v) => (v ? String(v).replace("T", " ").replace(/\.\d+/, "").replace("Z", " UTC") : "–");
 
 /** An element with attributes and children (strings become text). */
@@ -173,9 +175,8 @@ const cards = {
   },
   async funnel() {
     const rows = await api("/api/v1/insights/channel_funnel");
-    const sum = (k) => rows.reduce((a, r) => a + (r[k] || 0), 0);
     const [clicked, issued, installed, scanned, redeemed] =
-      ["clicked", "issued", "installed", "scanned", "redeemed"].map(sum);
+      ["clicked", "issued", "installed", "scanned", "redeemed"].map((k) => total(rows, k));
     const rate = (a, b) => (b > 0 ? a / b : null);
     figures("leads-figures", [
       ["clicked", "Leads (links clicked)", num(clicked)],
@@ -207,10 +208,9 @@ const cards = {
       { name: "Installed", values: days.map((r) => r.installs), cls: "s2" },
       { name: "Removed", values: days.map((r) => r.uninstalls), cls: "s3" },
     ]);
-    const sum = (k) => base.reduce((a, r) => a + (r[k] || 0), 0);
     figures("base-figures", [
-      ["active", "Active install base", num(sum("active"))],
-      ["estimated_active", "Estimated active (devices gone or silent left out)", num(sum("estimated_active"))],
+      ["active", "Active install base", num(total(base, "active"))],
+      ["estimated_active", "Estimated active (devices gone or silent left out)", num(total(base, "estimated_active"))],
     ]);
     fillList("programs", base.map((r) => r.program));
   },
@@ -224,11 +224,10 @@ const cards = {
       { name: "Scans", values: days.map((r) => r.scans), cls: "s1" },
       { name: "Redemptions", values: days.map((r) => r.redemptions), cls: "s4" },
     ]);
-    const total = (k) => days.reduce((a, r) => a + (r[k] || 0), 0);
     figures("usage-figures", [
-      ["scans", "Scans", num(total("scans"))],
-      ["rejected", "Rejected at the scanner", num(total("rejected"))],
-      ["redemptions", "Redemptions", num(total("redemptions"))],
+      ["scans", "Scans", num(total(days, "scans"))],
+      ["rejected", "Rejected at the scanner", num(total(days, "rejected"))],
+      ["redemptions", "Redemptions", num(total(days, "redemptions"))],
     ]);
     heatmap("heatmap", heat);
     table("locations-table", peaks, [
@@ -242,8 +241,8 @@ const cards = {
   },
   async offers() {
     const rows = await api("/api/v1/insights/offers");
-    const viewing = rows.reduce((a, r) => a + (r.passes_viewing || 0), 0);
-    const redeeming = rows.reduce((a, r) => a + (r.passes_redeeming || 0), 0);
+    const viewing = total(rows, "passes_viewing");
+    const redeeming = total(rows, "passes_redeeming");
     figures("redemption-figures", [
       ["redemption_rate", "Overall (passes redeeming ÷ passes viewing, per offer, summed)",
         pct(viewing > 0 ? redeeming / viewing : null)],
@@ -264,8 +263,8 @@ const cards = {
       cls: "s" + ((i % 6) + 1),
       values: checkpoints.map((d) => {
         const rs = rows.filter((r) => String(r.cohort_week).slice(0, 10) === c && r.days === d);
-        const n = rs.reduce((a, r) => a + r.passes, 0);
-        return n > 0 ? rs.reduce((a, r) => a + r.still_installed, 0) / n : null;
+        const n = total(rs, "passes");
+        return n > 0 ? total(rs, "still_installed") / n : null;
       }),
     }));
     lineChart("survival-chart", checkpoints.map((d) => d + (d === 1 ? " day" : " days")), series, pct, 1);
@@ -302,10 +301,8 @@ async function refresh(names) {
   const errors = [];
   await Promise.all(names.filter((n) => !running.has(n)).map(async (n) => {
     running.add(n);
-    const card = document.getElementById("card-" + (n === "funnel" ? "leads" : n === "offers" ? "redemption" : n));
     try {
       await cards[n]();
-      if (card) card.removeAttribute("aria-busy");
     } catch (e) {
       errors.push(n + ": " + e.message);
     } finally {

@@ -92,22 +92,27 @@ impl Insight {
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 10_000;
 
-/// The pass a passless-attribute event belongs to: its programme, signup source and campaign,
-/// from its `pass.issued` (the first one, by event time then stream order).
+/// The origin of each pass, the one definition every view that attributes a pass uses: the
+/// programme, signup source, campaign and customer of its first `pass.issued` by event time `ts`,
+/// then stream sequence `seq`, then event `id` (the events of one NDJSON message share a `seq`,
+/// so `id` is the last, deterministic tie-break). Any later `pass.issued` of the same serial is a
+/// re-issue: it never re-attributes the pass, whatever order the events arrived in.
+/// `issue_id` names the first issue, so a view can tell it from the re-issues.
 pub const PASS_ORIGIN_VIEW: (&str, &str) = (
     "pass_origin",
-    // the first issue of each pass is the row whose predecessor, in (pass, ts, seq) order, is
+    // the first issue of each pass is the row whose predecessor, in (pass, ts, seq, id) order, is
     // another pass: one sort and a `lag`, much cheaper than ordered `first_value` aggregates
-    "SELECT pass, program, source, campaign, issued_at FROM ( \
+    "SELECT pass, program, source, campaign, customer, issued_at, issue_id FROM ( \
        SELECT pass, CAST(program AS VARCHAR) AS program, CAST(source AS VARCHAR) AS source, \
-              CAST(campaign AS VARCHAR) AS campaign, ts AS issued_at, \
-              lag(pass) OVER (ORDER BY pass, ts, seq) AS prev_pass \
+              CAST(campaign AS VARCHAR) AS campaign, customer, ts AS issued_at, id AS issue_id, \
+              lag(pass) OVER (ORDER BY pass, ts, seq, id) AS prev_pass \
        FROM events WHERE type = 'pass.issued' AND pass IS NOT NULL) AS issued \
      WHERE prev_pass IS DISTINCT FROM pass",
 );
 
-/// `WITH … pass_rows AS (…)`: one row per pass seen in any event, with its origin, lifecycle
-/// times, usage and current install state (see `passes` in `docs/insights.md`).
+/// `WITH … pass_rows AS (…)`: one row per pass seen in any event, with its origin (from
+/// `pass_origin`, whatever the scope), lifecycle times, usage and current install state (see
+/// `passes` in `docs/insights.md`).
 macro_rules! pass_rows {
     () => {
         "WITH regs AS ( \
@@ -119,11 +124,6 @@ macro_rules! pass_rows {
            FROM regs GROUP BY pass), \
          life AS ( \
            SELECT pass, \
-                  max(CAST(program AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS program, \
-                  max(CAST(source AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS source, \
-                  max(CAST(campaign AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS campaign, \
-                  max(customer) FILTER (WHERE type = 'pass.issued') AS customer, \
-                  min(ts) FILTER (WHERE type = 'pass.issued') AS issued_at, \
                   min(ts) FILTER (WHERE type = 'pass.installed') AS installed_at, \
                   min(ts) FILTER (WHERE type IN ('scan', 'redemption')) AS first_used_at, \
                   max(ts) FILTER (WHERE type IN ('scan', 'redemption')) AS last_used_at, \
@@ -132,14 +132,15 @@ macro_rules! pass_rows {
                   count(*) FILTER (WHERE type = 'redemption') AS redemptions \
            FROM {events} AS ev WHERE pass IS NOT NULL GROUP BY pass), \
          pass_rows AS ( \
-           SELECT l.pass, l.program, l.source, l.campaign, l.customer, l.issued_at, \
+           SELECT l.pass, o.program, o.source, o.campaign, o.customer, o.issued_at, \
                   l.installed_at, l.first_used_at, l.last_used_at, \
                   CASE WHEN coalesce(s.devices, 0) = 0 THEN l.removed_at END AS removed_at, \
                   l.scans, l.redemptions, coalesce(s.devices, 0) AS devices, \
                   CASE WHEN coalesce(s.devices, 0) > 0 THEN 'installed' \
                        WHEN s.pass IS NOT NULL THEN 'removed' \
                        ELSE 'never installed' END AS state \
-           FROM life l LEFT JOIN state s ON l.pass = s.pass)"
+           FROM life l LEFT JOIN state s ON l.pass = s.pass \
+           LEFT JOIN pass_origin o ON l.pass = o.pass)"
     };
 }
 
@@ -181,14 +182,24 @@ pub const INSIGHTS: &[Insight] = &[
     Insight {
         name: "adoption_daily",
         title: "Passes issued, installs, removals and passes installed per UTC day",
-        template: "SELECT date_trunc('day', ts) AS day, \
-             count(*) FILTER (WHERE type = 'pass.issued') AS issued, \
-             count(*) FILTER (WHERE type = 'pass.installed') AS installs, \
-             count(*) FILTER (WHERE type = 'pass.uninstalled') AS uninstalls, \
-             count(DISTINCT pass) FILTER (WHERE type = 'pass.installed') AS passes_installed \
-           FROM {events} AS ev \
-           WHERE type IN ('pass.issued', 'pass.installed', 'pass.uninstalled') \
-           GROUP BY 1 ORDER BY 1",
+        // re-issues: the day's `pass.issued` events that are not their pass's first issue
+        template: "WITH days AS ( \
+             SELECT date_trunc('day', ts) AS day, \
+                    count(*) FILTER (WHERE type = 'pass.issued') AS issued, \
+                    count(*) FILTER (WHERE type = 'pass.installed') AS installs, \
+                    count(*) FILTER (WHERE type = 'pass.uninstalled') AS uninstalls, \
+                    count(DISTINCT pass) FILTER (WHERE type = 'pass.installed') \
+                      AS passes_installed \
+             FROM {events} AS ev \
+             WHERE type IN ('pass.issued', 'pass.installed', 'pass.uninstalled') \
+             GROUP BY 1), \
+           reissued AS ( \
+             SELECT date_trunc('day', ev.ts) AS day, count(*) AS reissues \
+             FROM {events} AS ev JOIN pass_origin o ON ev.pass = o.pass \
+             WHERE ev.type = 'pass.issued' AND ev.id <> o.issue_id GROUP BY 1) \
+           SELECT d.day, d.issued, coalesce(r.reissues, 0) AS reissues, d.installs, \
+                  d.uninstalls, d.passes_installed \
+           FROM days d LEFT JOIN reissued r ON d.day = r.day ORDER BY 1",
     },
     Insight {
         name: "scans_by_location",
@@ -248,28 +259,32 @@ pub const INSIGHTS: &[Insight] = &[
         name: "channel_funnel",
         title: "Per signup source and campaign: link clicked → issued → installed → first scan \
                 → redemption, with conversion rates, and offer engagement of the installed passes",
+        // a pass joins its funnel row by its origin, and only when that first issue is in scope:
+        // a re-issue in scope neither counts as an issued pass nor moves the pass to its source
         template: "WITH per_pass AS ( \
              SELECT pass, \
-                    max(CAST(source AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS source, \
-                    max(CAST(campaign AS VARCHAR)) FILTER (WHERE type = 'pass.issued') AS campaign, \
-                    bool_or(type = 'pass.issued') AS was_issued, \
                     bool_or(type = 'pass.installed') AS was_installed, \
                     bool_or(type = 'scan') AS was_scanned, \
                     bool_or(type = 'redemption') AS was_redeemed, \
                     bool_or(type IN ('offer.viewed', 'offer.engaged')) AS was_engaged \
              FROM {events} AS ev WHERE pass IS NOT NULL \
-               AND type IN ('pass.issued', 'pass.installed', 'scan', 'redemption', \
-                            'offer.viewed', 'offer.engaged') \
+               AND type IN ('pass.installed', 'scan', 'redemption', 'offer.viewed', \
+                            'offer.engaged') \
              GROUP BY pass), \
+           issued AS ( \
+             SELECT o.pass, o.source, o.campaign \
+             FROM pass_origin o \
+             JOIN (SELECT id FROM {events} AS ev WHERE type = 'pass.issued') AS i \
+               ON o.issue_id = i.id), \
            steps AS ( \
-             SELECT source, campaign, \
+             SELECT i.source, i.campaign, \
                     count(*) AS issued, \
-                    count(*) FILTER (WHERE was_installed) AS installed, \
-                    count(*) FILTER (WHERE was_installed AND was_scanned) AS scanned, \
-                    count(*) FILTER (WHERE was_installed AND was_scanned AND was_redeemed) \
-                      AS redeemed, \
-                    count(*) FILTER (WHERE was_installed AND was_engaged) AS engaged \
-             FROM per_pass WHERE was_issued GROUP BY 1, 2), \
+                    count(*) FILTER (WHERE p.was_installed) AS installed, \
+                    count(*) FILTER (WHERE p.was_installed AND p.was_scanned) AS scanned, \
+                    count(*) FILTER (WHERE p.was_installed AND p.was_scanned \
+                                       AND p.was_redeemed) AS redeemed, \
+                    count(*) FILTER (WHERE p.was_installed AND p.was_engaged) AS engaged \
+             FROM issued i LEFT JOIN per_pass p ON i.pass = p.pass GROUP BY 1, 2), \
            clicks AS ( \
              SELECT CAST(source AS VARCHAR) AS source, CAST(campaign AS VARCHAR) AS campaign, \
                     count(*) AS clicked \
@@ -312,17 +327,34 @@ pub const INSIGHTS: &[Insight] = &[
                 removal (median, 90th percentile)",
         template: concat!(
             removals!(),
-            " SELECT o.source, \
-                count(*) FILTER (WHERE r.kind = 'pass.installed') AS installs, \
-                count(*) FILTER (WHERE r.kind = 'pass.uninstalled') AS removals, \
-                CASE WHEN count(*) FILTER (WHERE r.kind = 'pass.installed') > 0 \
-                  THEN count(*) FILTER (WHERE r.kind = 'pass.uninstalled') * 1.0 \
-                       / count(*) FILTER (WHERE r.kind = 'pass.installed') END AS uninstall_rate, \
-                median(r.hours_installed) AS median_hours_installed, \
-                percentile_cont(0.9) WITHIN GROUP (ORDER BY r.hours_installed) \
+            // The percentiles are exact linear interpolation between closest ranks (numpy's
+            // default): the p-quantile of n sorted values sits at 0-based position p·(n − 1),
+            // whose whole part and fraction come from integers, so no rounding moves a rank
+            // (DataFusion's percentile_cont truncates the fraction to 1e-6). Only the known
+            // durations are collected, and each source's are sorted once (an ordered array_agg
+            // would make the planner sort every registration row first).
+            ", per_source AS ( \
+                SELECT o.source, \
+                  count(*) FILTER (WHERE r.kind = 'pass.installed') AS installs, \
+                  count(*) FILTER (WHERE r.kind = 'pass.uninstalled') AS removals, \
+                  array_sort(array_agg(r.hours_installed) \
+                    FILTER (WHERE r.hours_installed IS NOT NULL)) AS hours \
+                FROM registrations r LEFT JOIN pass_origin o ON r.pass = o.pass \
+                GROUP BY o.source), \
+              ranks AS ( \
+                SELECT source, installs, removals, hours, n, \
+                       CAST(floor((n - 1) / 2.0) AS BIGINT) AS m, \
+                       ((n - 1) - 2 * floor((n - 1) / 2.0)) / 2.0 AS m_frac, \
+                       CAST(floor(9 * (n - 1) / 10.0) AS BIGINT) AS q, \
+                       (9 * (n - 1) - 10 * floor(9 * (n - 1) / 10.0)) / 10.0 AS q_frac \
+                FROM (SELECT *, CAST(array_length(hours) AS BIGINT) AS n FROM per_source) AS s) \
+              SELECT source, installs, removals, \
+                CASE WHEN installs > 0 THEN removals * 1.0 / installs END AS uninstall_rate, \
+                hours[m + 1] + m_frac * (hours[least(m + 2, n)] - hours[m + 1]) \
+                  AS median_hours_installed, \
+                hours[q + 1] + q_frac * (hours[least(q + 2, n)] - hours[q + 1]) \
                   AS p90_hours_installed \
-              FROM registrations r LEFT JOIN pass_origin o ON r.pass = o.pass \
-              GROUP BY o.source ORDER BY o.source NULLS LAST"
+              FROM ranks ORDER BY source NULLS LAST"
         ),
     },
     Insight {
@@ -371,20 +403,29 @@ pub const INSIGHTS: &[Insight] = &[
     Insight {
         name: "offers",
         title: "Per offer: views, engagements, redemptions, redemption value and rate",
-        template: "SELECT CAST(offer AS VARCHAR) AS offer, \
-             count(*) FILTER (WHERE type = 'offer.viewed') AS views, \
-             count(*) FILTER (WHERE type = 'offer.engaged') AS engagements, \
-             count(*) FILTER (WHERE type = 'redemption') AS redemptions, \
-             sum(value) FILTER (WHERE type = 'redemption') AS redeemed_value, \
-             count(DISTINCT pass) FILTER (WHERE type = 'offer.viewed') AS passes_viewing, \
-             count(DISTINCT pass) FILTER (WHERE type = 'redemption') AS passes_redeeming, \
-             CASE WHEN count(DISTINCT pass) FILTER (WHERE type = 'offer.viewed') > 0 \
-               THEN count(DISTINCT pass) FILTER (WHERE type = 'redemption') * 1.0 \
-                    / count(DISTINCT pass) FILTER (WHERE type = 'offer.viewed') END \
-               AS redemption_rate \
-           FROM {events} AS ev \
-           WHERE type IN ('offer.viewed', 'offer.engaged', 'redemption') AND offer IS NOT NULL \
-           GROUP BY 1 ORDER BY redemptions DESC, views DESC, offer",
+        // one row per (offer, pass) first, so "viewed and redeemed" is a property of a pass: the
+        // rate's numerator is a subset of its denominator and it cannot pass 100 %
+        template: "WITH per_pass AS ( \
+             SELECT CAST(offer AS VARCHAR) AS offer, pass, \
+                    count(*) FILTER (WHERE type = 'offer.viewed') AS views, \
+                    count(*) FILTER (WHERE type = 'offer.engaged') AS engagements, \
+                    count(*) FILTER (WHERE type = 'redemption') AS redemptions, \
+                    sum(value) FILTER (WHERE type = 'redemption') AS redeemed_value \
+             FROM {events} AS ev \
+             WHERE type IN ('offer.viewed', 'offer.engaged', 'redemption') \
+               AND offer IS NOT NULL \
+             GROUP BY 1, 2) \
+           SELECT offer, sum(views) AS views, sum(engagements) AS engagements, \
+                  sum(redemptions) AS redemptions, sum(redeemed_value) AS redeemed_value, \
+                  count(pass) FILTER (WHERE views > 0) AS passes_viewing, \
+                  count(pass) FILTER (WHERE redemptions > 0) AS passes_redeeming, \
+                  count(pass) FILTER (WHERE views > 0 AND redemptions > 0) AS viewers_redeeming, \
+                  count(pass) FILTER (WHERE views = 0 AND redemptions > 0) \
+                    AS redeemed_without_view, \
+                  CASE WHEN count(pass) FILTER (WHERE views > 0) > 0 \
+                    THEN count(pass) FILTER (WHERE views > 0 AND redemptions > 0) * 1.0 \
+                         / count(pass) FILTER (WHERE views > 0) END AS redemption_rate \
+           FROM per_pass GROUP BY 1 ORDER BY redemptions DESC, views DESC, offer",
     },
     Insight {
         name: "interaction_frequency",
@@ -438,7 +479,7 @@ pub const INSIGHTS: &[Insight] = &[
              SELECT day, platform, program, source, sum(delta) AS net, \
                     sum(CASE WHEN delta > 0 THEN 1 ELSE 0 END) AS installs, \
                     sum(CASE WHEN delta < 0 THEN 1 ELSE 0 END) AS removals \
-             FROM changes GROUP BY 1, 2, 3, 4) \
+             FROM changes WHERE delta <> 0 GROUP BY 1, 2, 3, 4) \
            SELECT day, platform, program, source, installs, removals, \
                   sum(net) OVER (PARTITION BY platform, program, source ORDER BY day \
                                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS active \

@@ -1,14 +1,16 @@
 //! The Google Wallet REST API, for what changes after a pass is saved: `PATCH
-//! {base}/loyaltyObject/{objectId}` with an OAuth 2 access token obtained from the service
-//! account (JWT bearer grant, scope `wallet_object.issuer`, cached until a minute before it
-//! expires). Both URLs are configurable, so tests and staging use a local server.
+//! {base}/{resource}/{objectId}`, the resource being the pass's [`GoogleKind`] (`loyaltyObject`,
+//! `offerObject`, `eventTicketObject` or `genericObject`), with an OAuth 2 access token obtained
+//! from the service account (JWT bearer grant, scope `wallet_object.issuer`, cached until a
+//! minute before it expires). Both URLs are configurable, so tests and staging use a local
+//! server.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::google::{ServiceAccount, sign_jwt};
+use crate::google::{GoogleKind, ServiceAccount, sign_jwt};
 
 pub const DEFAULT_BASE_URL: &str = "https://walletobjects.googleapis.com/walletobjects/v1";
 pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
@@ -94,14 +96,19 @@ impl GoogleApi {
         Ok(token)
     }
 
-    /// Patches the loyalty object `object_id` with `body` (patch semantics: only the fields
-    /// given change).
-    pub async fn patch_loyalty_object(&self, object_id: &str, body: &Value) -> PatchOutcome {
+    /// Patches the object `object_id` of type `kind` with `body` (patch semantics: only the
+    /// fields given change).
+    pub async fn patch_object(
+        &self,
+        kind: GoogleKind,
+        object_id: &str,
+        body: &Value,
+    ) -> PatchOutcome {
         let token = match self.access_token().await {
             Ok(t) => t,
             Err(e) => return PatchOutcome::Failed(e),
         };
-        let url = format!("{}/loyaltyObject/{object_id}", self.base_url);
+        let url = format!("{}/{}/{object_id}", self.base_url, kind.resource());
         match self
             .http
             .patch(&url)

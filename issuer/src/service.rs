@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
-use crate::google::{self, ServiceAccount};
+use crate::google::{self, GoogleError, GoogleObject, ServiceAccount};
 use crate::google_api::{GoogleApi, PatchOutcome};
 use crate::google_callback::{self, CallbackError, RootKeys};
 use crate::lifecycle::{Event, Lifecycle};
@@ -28,7 +28,8 @@ use crate::{SigningIdentity, Template};
 pub struct GoogleSettings {
     pub service_account: ServiceAccount,
     pub issuer_id: String,
-    /// Loyalty class id suffix (`{issuer_id}.{class}`).
+    /// Class id suffix (`{issuer_id}.{class}`) of loyalty templates that name no
+    /// `googleClass`; other templates default to their own name ([`google::class_suffix`]).
     pub class: String,
     pub origins: Vec<String>,
     /// Root keys that sign save/delete callbacks (Google's key file); without them callbacks
@@ -280,11 +281,30 @@ impl Issuer {
         })
     }
 
-    /// Refuses a pass Wallet would refuse (renders and validates pass.json; signs nothing).
+    /// Refuses a pass Wallet would refuse (renders and validates pass.json, and the Google
+    /// object when Google Wallet is configured; signs nothing).
     fn check(&self, p: &PassRecord) -> Result<(), IssueError> {
-        pass_json(&self.pass_request(p)?)
-            .map(drop)
-            .map_err(|e| IssueError::BadRequest(e.to_string()))
+        pass_json(&self.pass_request(p)?).map_err(|e| IssueError::BadRequest(e.to_string()))?;
+        match self.google_object(p) {
+            Some(Err(e @ GoogleError::Invalid { .. })) => {
+                Err(IssueError::BadRequest(e.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The Google Wallet object of `p`, if Google Wallet is configured: its template's type,
+    /// filled like its Apple pass.
+    fn google_object(&self, p: &PassRecord) -> Option<Result<GoogleObject, GoogleError>> {
+        let g = self.inner.cfg.google.as_ref()?;
+        let template = self.inner.cfg.templates.get(&p.program)?;
+        Some(google::pass_object(
+            &g.issuer_id,
+            google::class_suffix(template, &g.class),
+            template,
+            &p.serial,
+            &Self::fill_attrs(p),
+        ))
     }
 
     /// The signed .pkpass of a stored pass, as it is now.
@@ -350,17 +370,25 @@ impl Issuer {
         expires >= now_ms() / 1000 && same_secret(&self.link_sig(serial, expires), sig)
     }
 
-    /// A Google Wallet save URL for `p`, if Google Wallet is configured.
+    /// A Google Wallet save URL for `p`, if Google Wallet is configured and its template has a
+    /// Google type (a boarding pass has none: it is for Apple Wallet only).
     pub fn google_url(&self, p: &PassRecord) -> Result<Option<String>, IssueError> {
         let Some(g) = &self.inner.cfg.google else {
             return Ok(None);
         };
-        let object =
-            google::loyalty_object(&g.issuer_id, &g.class, &p.serial, &Self::fill_attrs(p));
+        let object = match self.google_object(p) {
+            None => return Ok(None),
+            Some(Ok(o)) => o,
+            Some(Err(e @ GoogleError::Unsupported { .. })) => {
+                tracing::warn!(pass = %p.serial, "no Google Wallet save link: {e}");
+                return Ok(None);
+            }
+            Some(Err(e)) => return Err(IssueError::BadRequest(e.to_string())),
+        };
         let jwt = google::save_jwt(
             &g.service_account,
             &g.origins,
-            serde_json::json!({ "loyaltyObjects": [object] }),
+            object.payload(),
             now_ms() / 1000,
         )
         .map_err(|e| IssueError::Internal(e.to_string()))?;
@@ -497,11 +525,15 @@ impl Issuer {
         let g = self.inner.cfg.google.as_ref()?;
         let api = g.api.as_ref()?;
         self.inner.registry.registration(&p.serial, GOOGLE_DEVICE)?;
-        let object =
-            google::loyalty_object(&g.issuer_id, &g.class, &p.serial, &Self::fill_attrs(p));
-        let outcome = api
-            .patch_loyalty_object(&format!("{}.{}", g.issuer_id, p.serial), &object)
-            .await;
+        // the update was checked like the pass, so the object builds; if the template changed
+        // since, the failure is reported like any other
+        let outcome = match self.google_object(p)? {
+            Ok(o) => {
+                let id = format!("{}.{}", g.issuer_id, p.serial);
+                api.patch_object(o.kind, &id, &o.object).await
+            }
+            Err(e) => PatchOutcome::Failed(e.to_string()),
+        };
         let now = now_ms();
         let id = format!("{}-{GOOGLE_DEVICE}-{}", p.serial, p.update_tag);
         let (kind, prefix, reason) = match &outcome {
@@ -557,6 +589,14 @@ impl Issuer {
             tracing::warn!(object = %m.object_id, "Google callback for an object we did not issue");
             return Ok("unknown object");
         };
+        // objects of every Google type share one id space per issuer, so the object id alone
+        // names the pass; a class other than the one we issue in is worth a look, not a refusal
+        if let Some(Ok(o)) = self.google_object(&p)
+            && o.object["classId"] != m.class_id.as_str()
+        {
+            tracing::warn!(object = %m.object_id, class = %m.class_id, expected = %o.object["classId"],
+                "Google callback names another class than the pass's template");
+        }
         if !self.inner.registry.first_nonce(&m.nonce).await? {
             return Ok("duplicate");
         }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::google::GoogleKind;
 use crate::pkpass::PassError;
 
 /// The pass styles Apple Wallet knows.
@@ -34,6 +35,10 @@ pub struct FieldSpec {
     /// Lock-screen text when the field changes; must contain `%@`.
     #[serde(default)]
     pub change_message: Option<String>,
+    /// The Google object's own field this field fills instead of a text module (one of
+    /// [`GoogleKind::slots`] of the template's type, e.g. `loyaltyPoints`, `seat`).
+    #[serde(default)]
+    pub google: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -87,6 +92,10 @@ pub struct TemplateSpec {
     /// Placeholder text for `relevantDate` (RFC 3339), e.g. `{event_start}` on a ticket.
     #[serde(default)]
     pub relevant_date: Option<String>,
+    /// Google Wallet class id suffix (`{issuer_id}.{googleClass}`); see
+    /// [`crate::google::class_suffix`] for the default.
+    #[serde(default)]
+    pub google_class: Option<String>,
 }
 
 /// A template with its images.
@@ -153,7 +162,64 @@ impl Template {
         if !self.images.contains_key("icon.png") {
             return bad("icon.png is missing: Wallet refuses a pass without an icon".into());
         }
+        if let Some(c) = &self.spec.google_class
+            && (c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+        {
+            return bad(format!(
+                "googleClass \"{c}\" must be letters, digits, '.', '_' or '-' (a Google class id suffix)"
+            ));
+        }
+        let kind = GoogleKind::for_style(&self.spec.style);
+        let mut used: Vec<&str> = Vec::new();
+        for f in self.fields() {
+            let Some(slot) = f.google.as_deref() else {
+                continue;
+            };
+            let allowed = match kind {
+                None => format!(
+                    "a {} pass has no Google Wallet object; leave \"google\" out",
+                    self.spec.style
+                ),
+                Some(k) if k.slots().is_empty() => format!(
+                    "a {} has no field of its own a template fills (its title is on the class); leave \"google\" out",
+                    k.resource()
+                ),
+                Some(k) if !k.slots().contains(&slot) => {
+                    format!("a {} has {}", k.resource(), k.slots().join(", "))
+                }
+                Some(_) if used.contains(&slot) => "another field fills it already".into(),
+                Some(_) => {
+                    used.push(slot);
+                    continue;
+                }
+            };
+            return bad(format!(
+                "field \"{}\": \"google\": \"{slot}\" cannot be filled: {allowed}",
+                f.key
+            ));
+        }
         Ok(())
+    }
+
+    /// Every field, in pass.json order (header, primary, secondary, auxiliary, back).
+    fn fields(&self) -> impl Iterator<Item = &FieldSpec> {
+        let f = &self.spec.fields;
+        f.header
+            .iter()
+            .chain(&f.primary)
+            .chain(&f.secondary)
+            .chain(&f.auxiliary)
+            .chain(&f.back)
+    }
+
+    /// The Google object field the field `key` fills, if the template names one.
+    pub fn google_slot(&self, key: &str) -> Option<&str> {
+        self.fields()
+            .find(|f| f.key == key)
+            .and_then(|f| f.google.as_deref())
     }
 
     /// The style's part of pass.json (fields, barcode, colours, dates) with the placeholders

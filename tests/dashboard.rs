@@ -177,7 +177,7 @@ async fn check_cards(server: &Server, query: &str) -> u64 {
     assert_eq!(cells(&dom, "redemptions"), offers.as_array().unwrap().len());
     let (viewing, redeeming) = (
         sum(&offers, "passes_viewing"),
-        sum(&offers, "passes_redeeming"),
+        sum(&offers, "viewers_redeeming"),
     );
     if viewing > 0 {
         let shown: f64 = figure(&dom, "redemption_rate")

@@ -242,9 +242,9 @@ const cards = {
   async offers() {
     const rows = await api("/api/v1/insights/offers");
     const viewing = total(rows, "passes_viewing");
-    const redeeming = total(rows, "passes_redeeming");
+    const redeeming = total(rows, "viewers_redeeming");
     figures("redemption-figures", [
-      ["redemption_rate", "Overall (passes redeeming ÷ passes viewing, per offer, summed)",
+      ["redemption_rate", "Overall (viewers who redeemed ÷ passes viewing, per offer, summed)",
         pct(viewing > 0 ? redeeming / viewing : null)],
     ]);
     table("offers-table", rows, [

@@ -454,6 +454,7 @@ pub const INSIGHTS: &[Insight] = &[
         name: "active_base_daily",
         title: "Exact active install base at the end of each day with changes, by platform, \
                 programme and signup source",
+        // events that change nothing (a repeated install, a removal of nothing) make no row
         template: "WITH sorted AS ( \
              SELECT pass, device, platform, ts, installed, \
                     lag(pass) OVER w AS prev_pass, lag(device) OVER w AS prev_device, \
@@ -489,6 +490,8 @@ pub const INSIGHTS: &[Insight] = &[
         name: "estimated_active_base",
         title: "Active registrations now, and the estimate that leaves out devices gone or silent \
                 too long, by platform, programme and signup source",
+        // a sign of life is any event naming the device but a scan or a redemption: on those
+        // `device` is the scanner or till at the location, on every other the wallet's device
         template: "WITH latest AS ( \
              SELECT pass, device, \
                     last_value(CAST(type AS VARCHAR) ORDER BY ts, seq) AS last, \

@@ -3,9 +3,12 @@
 
 mod common;
 
+use std::io::Write as _;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Nats, Server, ev, eventually, js_publish};
+use common::{BIN, Nats, Server, ev, eventually, js_publish};
+use serde_json::{Value, json};
 
 async fn seeded(extra: &[&str]) -> (Nats, Server) {
     seeded_env(extra, &[]).await
@@ -56,8 +59,8 @@ async fn every_output_format_reads_back() {
     assert_eq!(s, 200);
     let csv = String::from_utf8(csv.to_vec()).unwrap();
     let mut csv_lines = csv.lines();
-    assert_eq!(csv_lines.next(), Some("id,ts,location,pass"));
-    assert!(csv_lines.next().unwrap().starts_with("e0,"));
+    assert_eq!(csv_lines.next(), Some(r#""id","ts","location","pass""#));
+    assert!(csv_lines.next().unwrap().starts_with(r#""e0","#));
     assert_eq!(csv.lines().count(), 251);
 
     let (s, ipc) = server.query_raw(SQL, "arrow").await;
@@ -80,7 +83,7 @@ async fn every_output_format_reads_back() {
     // an empty result is still well-formed in every format
     let none = "SELECT id FROM events WHERE id = 'nope'";
     assert_eq!(server.query_raw(none, "json").await.1.as_ref(), b"[]");
-    assert_eq!(server.query_raw(none, "csv").await.1.as_ref(), b"id\n");
+    assert_eq!(server.query_raw(none, "csv").await.1.as_ref(), b"\"id\"\n");
 
     let (s, body) = server.query_raw(SQL, "xml").await;
     assert_eq!(s, 400);
@@ -107,7 +110,7 @@ async fn post_accepts_json_and_plain_sql() {
         .unwrap();
     assert_eq!(
         r.text().await.unwrap(),
-        "location,n\nloc0,84\nloc1,83\nloc2,83\n"
+        "\"location\",\"n\"\n\"loc0\",84\n\"loc1\",83\n\"loc2\",83\n"
     );
     // analysts can discover the tables
     let tables = server
@@ -357,5 +360,142 @@ async fn insights_are_served_with_their_filters() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().starts_with("weekday,hour,scans\n"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .starts_with("\"weekday\",\"hour\",\"scans\"\n")
+    );
+}
+
+/// CSV rows as Python's `csv` module reads them (an independent reader). `QUOTE_NONNUMERIC`
+/// turns every unquoted field into a float and fails on an unquoted non-number, so a string is
+/// a JSON string here only if it was quoted, and a number a JSON number only if it was not.
+fn python_csv(csv: &[u8]) -> Vec<Vec<Value>> {
+    let mut py = Command::new("python3")
+        .args([
+            "-c",
+            "import csv, io, json, sys\n\
+             rows = csv.reader(io.TextIOWrapper(sys.stdin.buffer, encoding='utf-8', newline=''),\n\
+                               quoting=csv.QUOTE_NONNUMERIC)\n\
+             print(json.dumps(list(rows)))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    py.stdin.take().unwrap().write_all(csv).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "python's csv module reads the export: {}",
+        String::from_utf8_lossy(csv)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Rows of a CSV export as objects keyed by the header.
+fn csv_objects(csv: &[u8]) -> Vec<serde_json::Map<String, Value>> {
+    let mut rows = python_csv(csv).into_iter();
+    let header: Vec<String> = rows
+        .next()
+        .expect("a header line")
+        .into_iter()
+        .map(|h| {
+            h.as_str()
+                .expect("header cells are quoted text")
+                .to_string()
+        })
+        .collect();
+    rows.map(|r| header.iter().cloned().zip(r).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn csv_exports_cannot_run_in_a_spreadsheet() {
+    let nats = Nats::start();
+    let server = Server::start(Some(&nats), &[]).await;
+    let js = nats.js().await;
+    // customers and sources as an attacker would type them into a sign-up form: (customer as
+    // sent, as exported; source as sent, as exported)
+    let hostile = [
+        (
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "'=HYPERLINK(\"http://x\",\"y\")",
+            "=1+2",
+            "'=1+2",
+        ),
+        ("+1", "'+1", "@SUM(A1)", "'@SUM(A1)"),
+        ("-1", "'-1", "-2", "'-2"),
+        ("\tx", "'\tx", "\r\nsms,=evil", "'\r\nsms,=evil"),
+        ("<script>", "<script>", "web", "web"),
+    ];
+    let lines: Vec<String> = hostile
+        .iter()
+        .enumerate()
+        .map(|(i, (customer, _, source, _))| {
+            let fields = json!({"pass": format!("P{i}"), "program": "loyalty",
+                                "customer": customer, "source": source});
+            let fields = fields.to_string();
+            ev(
+                &format!("i{i}"),
+                "pass.issued",
+                1_790_000_000_000 + i as i64,
+                &fields[1..fields.len() - 1],
+            )
+        })
+        .collect();
+    js_publish(&js, "passpulse.events.batch", lines.join("\n").into_bytes()).await;
+    server.wait_events(hostile.len() as i64).await;
+    let expected = |customer: &str| {
+        hostile
+            .iter()
+            .find(|h| h.1 == customer)
+            .unwrap_or_else(|| panic!("an exported customer {customer:?} was published"))
+    };
+
+    // the postal list: every customer (none installed a pass), neutralised, one row each
+    let r = server
+        .get("/api/v1/insights/postal_list?format=csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rows = csv_objects(&r.bytes().await.unwrap());
+    assert_eq!(rows.len(), hostile.len(), "{rows:?}");
+    for row in &rows {
+        let customer = row["customer"].as_str().unwrap();
+        let (_, _, _, source) = expected(customer);
+        assert_eq!(row["source"], *source, "{row:?}");
+        assert_eq!(row["program"], "loyalty");
+        assert_eq!(row["state"], "never installed");
+    }
+
+    // the SQL endpoint: string and dictionary columns neutralised, numbers left numbers
+    let sql = "SELECT customer, source, CAST(-3.5 AS DOUBLE) AS value, CAST(-7 AS BIGINT) AS n \
+               FROM events ORDER BY id";
+    let (status, csv) = server.query_raw(sql, "csv").await;
+    assert_eq!(status, 200);
+    let want: Vec<Vec<Value>> = std::iter::once(json!(["customer", "source", "value", "n"]))
+        .chain(
+            hostile
+                .iter()
+                .map(|(_, customer, _, source)| json!([customer, source, -3.5, -7.0])),
+        )
+        .map(|r| r.as_array().unwrap().clone())
+        .collect();
+    assert_eq!(python_csv(&csv), want);
+
+    // `passpulse query --format csv` prints the server's CSV as it is
+    let out = Command::new(BIN)
+        .args(["query", "--url", &server.base, "--format", "csv", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(python_csv(&out.stdout), want);
+    assert_eq!(out.stdout, csv.to_vec());
 }

@@ -346,6 +346,19 @@ async fn insights_are_served_with_their_filters() {
             400,
             "parameter `to`",
         ),
+        // a misspelt filter is refused, not ignored (it would answer for every event), and the
+        // refusal lists what an insight takes
+        (
+            "/api/v1/insights/scans_by_location?sorce=sms",
+            400,
+            "unknown parameter `sorce`: an insight takes from, to, program, source, campaign, \
+             location, limit, offset, format",
+        ),
+        (
+            "/api/v1/insights/scans_by_location?location=loc1&location=loc2",
+            400,
+            "parameter `location` is given more than once",
+        ),
     ] {
         let r = server.get(path).send().await.unwrap();
         assert_eq!(r.status(), status, "{path}");
@@ -355,6 +368,17 @@ async fn insights_are_served_with_their_filters() {
             "{path}: {body}"
         );
     }
+    // every parameter an insight takes is accepted together
+    let r = server
+        .get(
+            "/api/v1/insights/activity?from=2026-01-01&to=2027-01-01&program=p&source=s\
+             &campaign=c&location=loc1&limit=5&offset=0&format=json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!([]));
     let get = |path: &str| server.get(path).send();
     let r = get("/api/v1/insights/scan_heatmap?format=csv")
         .await

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -52,7 +53,8 @@ struct QueryParams {
     format: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The query parameters of `GET /api/v1/insights/{name}`.
+#[derive(Debug, Default)]
 struct InsightParams {
     from: Option<String>,
     to: Option<String>,
@@ -63,6 +65,43 @@ struct InsightParams {
     limit: Option<String>,
     offset: Option<String>,
     format: Option<String>,
+}
+
+/// Every parameter an insight takes, in the order the refusal lists them.
+const INSIGHT_PARAMS: &[&str] = &[
+    "from", "to", "program", "source", "campaign", "location", "limit", "offset", "format",
+];
+
+impl InsightParams {
+    /// The parameters from the request's `(name, value)` pairs. An unknown name is refused,
+    /// never ignored: a misspelt filter (`sorce=sms`) would otherwise answer for every event as
+    /// if it were the filtered figure. A name given twice is refused too (which one would win?).
+    fn from_pairs(pairs: Vec<(String, String)>) -> Result<InsightParams, String> {
+        let mut p = InsightParams::default();
+        for (name, value) in pairs {
+            let slot = match name.as_str() {
+                "from" => &mut p.from,
+                "to" => &mut p.to,
+                "program" => &mut p.program,
+                "source" => &mut p.source,
+                "campaign" => &mut p.campaign,
+                "location" => &mut p.location,
+                "limit" => &mut p.limit,
+                "offset" => &mut p.offset,
+                "format" => &mut p.format,
+                _ => {
+                    return Err(format!(
+                        "unknown parameter `{name}`: an insight takes {}",
+                        INSIGHT_PARAMS.join(", ")
+                    ));
+                }
+            };
+            if slot.replace(value).is_some() {
+                return Err(format!("parameter `{name}` is given more than once"));
+            }
+        }
+        Ok(p)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,7 +196,7 @@ async fn list_insights() -> Response {
 async fn get_insight(
     State(st): State<QueryState>,
     Path(name): Path<String>,
-    Query(p): Query<InsightParams>,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     let Some(insight) = insights::find(&name) else {
         let names: Vec<_> = INSIGHTS.iter().map(|i| i.name).collect();
@@ -165,6 +204,13 @@ async fn get_insight(
             StatusCode::NOT_FOUND,
             format!("no insight {name:?}: one of {}", names.join(", ")),
         );
+    };
+    let p = match pairs
+        .map_err(|e| e.body_text())
+        .and_then(|Query(pairs)| InsightParams::from_pairs(pairs))
+    {
+        Ok(p) => p,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
     };
     let scope = match Scope::parse(
         p.from.as_deref(),

@@ -14,7 +14,7 @@ mod query_cmd;
 mod serve;
 mod synth;
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -160,6 +160,8 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // colour codes only for a person at a terminal, never into a log file or a pipe
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()

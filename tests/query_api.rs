@@ -523,3 +523,42 @@ async fn csv_exports_cannot_run_in_a_spreadsheet() {
     assert_eq!(python_csv(&out.stdout), want);
     assert_eq!(out.stdout, csv.to_vec());
 }
+
+#[tokio::test]
+async fn log_lines_carry_no_colour_codes_when_stderr_is_a_file() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("serve.log");
+    let port = passpulse_ingest::nats_server::free_port().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--http", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--nats-url", &nats.url])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    eventually(Duration::from_secs(30), "passpulse /healthz", || async {
+        reqwest::get(&health)
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+    })
+    .await;
+    let stopped = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("INFO"), "the server logged at info: {log}");
+    assert!(
+        !log.contains("\x1b["),
+        "no ANSI escape in a log file: {log:?}"
+    );
+}

@@ -344,8 +344,8 @@ impl Driver {
         v["value"].clone()
     }
 
-    /// Types `text` into the element matching `css` (keyboard input; `\u{E007}` is Enter).
-    async fn type_into(&self, css: &str, text: &str) {
+    /// The WebDriver reference of the element matching `css`.
+    async fn element(&self, css: &str) -> String {
         let found = self
             .call(
                 "/element",
@@ -353,15 +353,37 @@ impl Driver {
             )
             .await;
         // the element reference is the one value of the answer's object
-        let id = found
+        found
             .as_object()
             .and_then(|o| o.values().next())
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("{css} is on the page: {found}"))
-            .to_string();
+            .to_string()
+    }
+
+    /// Types `text` into the element matching `css` (keyboard input; `\u{E007}` is Enter).
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
         self.call(
             &format!("/element/{id}/value"),
             serde_json::json!({ "text": text }),
+        )
+        .await;
+    }
+
+    /// Clicks the element matching `css`, as a person would.
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.call(&format!("/element/{id}/click"), serde_json::json!({}))
+            .await;
+    }
+
+    /// Lets the browser save downloads into `dir`, without asking.
+    async fn download_into(&self, dir: &Path) {
+        self.call(
+            "/goog/cdp/execute",
+            serde_json::json!({"cmd": "Browser.setDownloadBehavior", "params": {
+                "behavior": "allow", "downloadPath": dir.display().to_string()}}),
         )
         .await;
     }
@@ -401,18 +423,30 @@ async fn the_page_asks_for_the_token_uses_it_and_keeps_typed_filters_in_the_url(
     let nats = Nats::start();
     let server = Server::start(Some(&nats), &["--auth-token", "dashboard-test-token-0123"]).await;
     let js = nats.js().await;
-    let lines: Vec<String> = (0..40)
+    // 40 clicks from campaign w47, 10 from w48, and one pass issued (to a customer who needs a
+    // letter: the postal list)
+    let mut lines: Vec<String> = (0..50)
         .map(|i| {
             common::ev(
                 &format!("c{i}"),
                 "link.clicked",
                 1_790_000_000_000 + i * 1_000,
-                r#""source":"email","campaign":"w47""#,
+                if i < 40 {
+                    r#""source":"email","campaign":"w47""#
+                } else {
+                    r#""source":"email","campaign":"w48""#
+                },
             )
         })
         .collect();
+    lines.push(common::ev(
+        "i0",
+        "pass.issued",
+        1_790_000_100_000,
+        r#""pass":"P0","program":"loyalty","customer":"C-0","source":"email","campaign":"w47""#,
+    ));
     js_publish(&js, "passpulse.events.batch", lines.join("\n").into_bytes()).await;
-    server.wait_events(40).await;
+    server.wait_events(51).await;
 
     let d = Driver::start().await;
     d.call(
@@ -443,12 +477,46 @@ async fn the_page_asks_for_the_token_uses_it_and_keeps_typed_filters_in_the_url(
             "the leads card shows the clicks",
         )
         .await;
-    assert_eq!(clicked, Value::String("40".into()));
+    assert_eq!(clicked, Value::String("50".into()));
     assert_eq!(
         d.script("return document.getElementById('token').hidden")
             .await,
         Value::Bool(true)
     );
+
+    // "Download the postal list (CSV)" saves the list itself, fetched with the token (a plain
+    // link would save the API's 401 answer)
+    let downloads = tempfile::tempdir().unwrap();
+    d.download_into(downloads.path()).await;
+    d.click("#postal-csv").await;
+    let saved = downloads.path().join("postal_list.csv");
+    let t0 = Instant::now();
+    while !saved.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "postal_list.csv is downloaded: {:?}",
+            std::fs::read_dir(downloads.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let csv = std::fs::read_to_string(&saved).unwrap();
+    let mut csv_lines = csv.lines();
+    assert!(
+        csv_lines
+            .next()
+            .is_some_and(|h| h.starts_with("\"customer\",\"pass\",")),
+        "the postal list's header, not an error: {csv}"
+    );
+    assert!(
+        csv_lines
+            .next()
+            .is_some_and(|r| r.starts_with("\"C-0\",\"P0\",")),
+        "{csv}"
+    );
+    assert_eq!(csv_lines.next(), None, "{csv}");
 
     // a filter typed into the form (Enter submits) goes into the URL and narrows the cards
     d.type_into("#filters input[name=source]", "sms\u{E007}")
@@ -457,6 +525,23 @@ async fn the_page_asks_for_the_token_uses_it_and_keeps_typed_filters_in_the_url(
         "return location.search === '?source=sms' && \
                 document.querySelector('dd[data-key=clicked]').textContent === '0'",
         "the source filter is in the URL and the leads card shows no sms clicks",
+    )
+    .await;
+
+    // so does a campaign, after Clear
+    d.click("#clear").await;
+    d.until(
+        "return location.search === '' && \
+                document.querySelector('dd[data-key=clicked]').textContent === '50'",
+        "Clear empties the URL and the leads card shows every click",
+    )
+    .await;
+    d.type_into("#filters input[name=campaign]", "w48\u{E007}")
+        .await;
+    d.until(
+        "return location.search === '?campaign=w48' && \
+                document.querySelector('dd[data-key=clicked]').textContent === '10'",
+        "the campaign filter is in the URL and the leads card shows its 10 clicks",
     )
     .await;
 }

@@ -3,7 +3,7 @@
 // other cards every 15 s; a refresh never overlaps the previous one.
 "use strict";
 
-const FILTERS = ["from", "to", "program", "source", "location"];
+const FILTERS = ["from", "to", "program", "source", "campaign", "location"];
 const FAST_MS = 3000;
 const SLOW_MS = 15000;
 const DAY_MS = 86400000;
@@ -53,9 +53,10 @@ function apiUrl(path, extra = {}, scoped = true) {
   return path + (s ? "?" + s : "");
 }
 
-async function api(path, extra = {}, scoped = true) {
+/** The API's answer at `url` (with the token, if one was given); a refusal throws. */
+async function fetchOk(url) {
   const headers = token ? { Authorization: "Bearer " + token } : {};
-  const r = await fetch(apiUrl(path, extra, scoped), { headers });
+  const r = await fetch(url, { headers });
   if (r.status === 401) {
     document.getElementById("token").hidden = false;
     throw new Error("this server needs an access token");
@@ -64,7 +65,33 @@ async function api(path, extra = {}, scoped = true) {
     const body = await r.json().catch(() => ({}));
     throw new Error(body.error || r.status + " " + r.statusText);
   }
-  return r.json();
+  return r;
+}
+
+async function api(path, extra = {}, scoped = true) {
+  return (await fetchOk(apiUrl(path, extra, scoped))).json();
+}
+
+/**
+ * A download link that works with the access token too: a plain link cannot send the
+ * Authorization header, so with a token the file is fetched with it and saved from a blob URL.
+ */
+async function download(ev) {
+  if (!token) return; // the link itself downloads the file
+  ev.preventDefault();
+  const link = ev.currentTarget;
+  const status = document.getElementById("status");
+  try {
+    const blob = await (await fetchOk(link.href)).blob();
+    const url = URL.createObjectURL(blob);
+    const a = el("a", { href: url, download: link.getAttribute("download") || "" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (e) {
+    status.textContent = "The download failed: " + e.message;
+  }
 }
 
 function figures(id, items) {
@@ -197,6 +224,7 @@ const cards = {
       { key: "redeemed", label: "Redeemed", fmt: num, num: true },
     ]);
     fillList("sources", rows.map((r) => r.source));
+    fillList("campaigns", rows.map((r) => r.campaign));
   },
   async installs() {
     const [days, base] = await Promise.all([
@@ -339,6 +367,7 @@ async function start() {
     readFiltersIntoForm();
     refresh([...FAST, ...SLOW]);
   });
+  document.getElementById("postal-csv").addEventListener("click", download);
   document.getElementById("token").addEventListener("submit", (ev) => {
     ev.preventDefault();
     token = ev.target.elements.token.value;

@@ -142,7 +142,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
             Reason::as_str(r)
         );
     }
-    let simple: [(&str, &str, &str, u64); 8] = [
+    let simple: [(&str, &str, &str, u64); 9] = [
         (
             "passpulse_messages_consumed_total",
             "counter",
@@ -166,6 +166,12 @@ async fn metrics(State(st): State<AppState>) -> Response {
             "counter",
             "Consumer re-positionings after broker errors or delivery gaps.",
             g(&m.consumer_restarts),
+        ),
+        (
+            "passpulse_decode_failures_total",
+            "counter",
+            "Decodes that failed (a panic); the consumer restarted at the failed chunk, skipping nothing.",
+            g(&m.decode_failures),
         ),
         (
             "passpulse_dead_letter_publish_failures_total",

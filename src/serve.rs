@@ -21,8 +21,9 @@ use tracing::info;
 use crate::config::Config;
 use crate::http::{AppState, app};
 
-pub async fn serve(cfg: Config) -> Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
+pub async fn serve(mut cfg: Config) -> Result<()> {
+    // one absolute path for the engine, the nats-server child, the certificates and the logs
+    cfg.data_dir = passpulse_engine::persist::resolve_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let managed = match &cfg.nats_url {
         Some(_) => None,
@@ -178,13 +179,22 @@ pub async fn serve(cfg: Config) -> Result<()> {
         .await
         .context("HTTP server failed")?;
 
+    // Each step is bounded, whatever the broker's state: with the broker gone, publishes are
+    // not confirmed (and flushing the client would wait for a reconnection forever).
     info!("shutting down");
     let _ = stop_tx.send(true);
-    if let Some(d) = demo {
-        let _ = d.await;
+    if let Some(mut d) = demo
+        && tokio::time::timeout(SHUTDOWN_STEP, &mut d).await.is_err()
+    {
+        d.abort();
     }
     pipeline.stop().await;
-    let _ = client.flush().await;
+    if tokio::time::timeout(SHUTDOWN_STEP, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the broker did not confirm the last publishes at shutdown");
+    }
     drop(service);
     if let Some(m) = managed {
         m.stop().await;
@@ -192,6 +202,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
     info!("stopped");
     Ok(())
 }
+
+/// The longest one shutdown step waits for the broker.
+const SHUTDOWN_STEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -276,6 +276,37 @@ async fn a_producer_retry_is_counted_once_also_across_restarts() {
     );
 }
 
+/// SIGTERM while the broker is gone: the server stops within the harness's 20 s, and what it
+/// did not store is still in the stream for the next start.
+#[tokio::test]
+async fn sigterm_with_the_broker_gone_stops_in_bounded_time_and_loses_nothing() {
+    let (_dir, lines, want, data) = fixture(12, 6_000, 300.0);
+    let mut nats = Nats::start();
+    let mut s = Server::start_in(
+        Some(&nats),
+        &["--flush-interval", "1h"],
+        &[],
+        data.path().into(),
+        None,
+    )
+    .await;
+    let js = nats.js().await;
+    // a bad line too: its dead letter is published while the broker is there
+    publish_batches(&js, &lines, 200).await;
+    js_publish(&js, "passpulse.events.batch", b"{not json}".to_vec()).await;
+    s.wait_events(want.events).await;
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    assert!(s.terminate().success());
+    let took = t0.elapsed();
+    nats.restart();
+    let s = Server::start_in(Some(&nats), &[], &[], data.path().into(), None).await;
+    s.wait_events(want.events).await;
+    assert_eq!(observed(&s).await, want);
+    eprintln!("stopped {took:?} after SIGTERM with the broker gone");
+}
+
 #[tokio::test]
 async fn a_damaged_checkpoint_and_a_stray_temp_file_fall_back_to_the_previous_good_state() {
     let (_dir, lines, want, data) = fixture(8, 8_000, 300.0);
@@ -479,8 +510,8 @@ async fn a_failing_disk_holds_the_checkpoint_back_and_recovers() {
     let (_dir, lines, want, data) = fixture(12, 5_000, 300.0);
     let nats = Nats::start();
     let s = Server::start_in(Some(&nats), FAST_FLUSH, &[], data.path().into(), None).await;
-    // a regular file where the partitions go: every flush fails (root ignores permissions)
-    let events_dir = data.path().join("events");
+    // a regular file where the engine's files go: every flush fails (root ignores permissions)
+    let events_dir = data.path().join("store");
     std::fs::remove_dir_all(&events_dir).unwrap();
     std::fs::write(&events_dir, b"not a directory").unwrap();
     let js = nats.js().await;

@@ -86,7 +86,8 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
     let mut applied_seq = 0;
     let persist = match cfg.persist.clone() {
         None => None,
-        Some(pc) => {
+        Some(mut pc) => {
+            pc.dir = crate::persist::resolve_dir(&pc.dir)?;
             let lock = DirLock::acquire(&pc.dir)?;
             let t0 = Instant::now();
             let rec = recover(&pc, &metrics)?;
@@ -166,8 +167,11 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
 }
 
 /// Called by the writer before it snapshots for a checkpoint; blocks until side effects of the
-/// events applied so far (dead letters) are durable elsewhere.
-pub type FlushBarrier = Box<dyn Fn() + Send>;
+/// events applied so far (dead letters) are durable elsewhere, and says whether they are. The
+/// argument is true at shutdown, when the barrier should give up at once if they cannot become
+/// durable (the broker is gone): the final checkpoint is then skipped, and the events after the
+/// previous one are replayed, with their side effects, at the next start.
+pub type FlushBarrier = Box<dyn Fn(bool) -> bool + Send>;
 
 struct Persist {
     /// Held while the engine runs: no second process writes this data directory.
@@ -318,7 +322,7 @@ impl EngineWriter {
             return;
         };
         if let Some(b) = &p.barrier {
-            b();
+            b(false);
         }
         let batches = self.store.take_for_flush();
         let aggs = self.aggs.lock();
@@ -363,7 +367,19 @@ impl EngineWriter {
         }
         let covered = self.metrics.checkpoint_seq.load(Relaxed);
         if self.store.rows() > 0 || self.applied_seq > covered {
-            self.start_flush();
+            if p.barrier.as_ref().is_none_or(|b| b(true)) {
+                // the barrier has run: the flush does not need to wait for it again
+                let barrier = p.barrier.take();
+                self.start_flush();
+                if let Some(p) = self.persist.as_mut() {
+                    p.barrier = barrier;
+                }
+            } else {
+                tracing::warn!(
+                    checkpoint_seq = covered,
+                    "dead letters could not be stored (the broker is gone): no final checkpoint; the events after it are replayed at the next start"
+                );
+            }
         }
         if let Some(p) = self.persist.take() {
             for done in p.flusher.close() {
@@ -480,8 +496,7 @@ impl Engine {
         };
         let funnel = a
             .passes
-            .funnel
-            .iter()
+            .funnel_rows()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
         let rows_held = hot.rows();

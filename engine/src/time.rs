@@ -107,6 +107,13 @@ pub fn format_day(day: i32) -> String {
     format_millis(day as i64 * DAY_MS)[..10].to_string()
 }
 
+/// Day bucket of a `YYYY-MM-DD` text (a partition directory's date), if it is one.
+pub fn parse_day(s: &str) -> Option<i32> {
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    i32::try_from((d - epoch).num_days()).ok()
+}
+
 /// Wall-clock now, epoch millis.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

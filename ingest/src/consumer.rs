@@ -6,6 +6,11 @@
 //!    pool two at a time; refused events go to the dead-letter sink.
 //! 3. One writer thread applies decoded batches to the engine and publishes them to queries.
 //!
+//! A decode that fails (a panic in the decoder) never skips its messages: the decode stage drops
+//! that chunk and every later one of the same consumer epoch, and the receive loop re-creates the
+//! consumer at the failed chunk's first sequence (counted in `decode_failures`, logged), since all
+//! earlier chunks reached the writer in order.
+//!
 //! Position, not acks, is the source of truth: the consumer uses `AckPolicy::None` and, on any
 //! broker error or delivery gap, is re-created at the stream sequence after the last one
 //! received. Messages at or below that sequence are skipped, so nothing is applied twice and
@@ -66,6 +71,19 @@ const STALL_CHECK: Duration = Duration::from_secs(5);
 
 /// Chunks up to this many payload bytes (~0.1 ms of decoding) are decoded on the pipeline task.
 const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
+/// Messages handed to the decode stage, tagged with the consumer epoch they were read in.
+struct Chunk {
+    epoch: u64,
+    msgs: Vec<RawMsg>,
+}
+
+/// A chunk that could not be decoded: its epoch, first stream sequence and why.
+struct DecodeFailure {
+    epoch: u64,
+    first_seq: u64,
+    error: String,
+}
 
 struct RawMsg {
     subject: async_nats::Subject,
@@ -154,10 +172,15 @@ impl Pipeline {
             crate::deadletter::spawn_publisher(js.clone(), bus.clone(), metrics.clone(), log);
         {
             let sink = sink.clone();
-            writer.set_flush_barrier(Box::new(move || {
+            writer.set_flush_barrier(Box::new(move |closing| {
+                if closing {
+                    // at shutdown: give up at once if the broker refuses them
+                    return sink.wait_drained_or_failing(Duration::from_secs(10));
+                }
                 if !sink.wait_drained(Duration::from_secs(30)) {
                     warn!("dead letters are still unpublished after 30 s; checkpointing anyway");
                 }
+                true
             }));
         }
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -184,11 +207,22 @@ impl Pipeline {
     }
 
     /// Stops consuming, applies and publishes what was received, flushes and checkpoints it (if
-    /// persistent), and drains the dead letters.
+    /// persistent), and drains the dead letters. Bounded whatever the broker's state: with the
+    /// broker gone, dead letters still unpublished after 10 s are given up (they stay in the
+    /// log, and no checkpoint covers their events, so the next start refuses them again).
     pub async fn stop(self) {
         let _ = self.stop_tx.send(true);
         let _ = self.consumer.await;
-        let _ = self.dead_letters.await;
+        let mut dead_letters = self.dead_letters;
+        if tokio::time::timeout(Duration::from_secs(10), &mut dead_letters)
+            .await
+            .is_err()
+        {
+            warn!(
+                "dead letters still unpublished at shutdown; their events are replayed at the next start"
+            );
+            dead_letters.abort();
+        }
     }
 }
 
@@ -235,37 +269,59 @@ async fn run_engine_consumer(
     };
 
     // Stage 2: ordered, parallel decode.
-    let (rtx, rrx) = mpsc::channel::<Vec<RawMsg>>(opts.decoders * 2);
+    let (rtx, rrx) = mpsc::channel::<Chunk>(opts.decoders * 2);
+    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel::<DecodeFailure>();
     let decode_stage = {
         let max = cfg.max_message_bytes;
         let metrics = metrics.clone();
+        // chunks of this epoch and older are dropped: one of them failed
+        let mut dropping = 0u64;
         tokio::spawn(
             tokio_stream::wrappers::ReceiverStream::new(rrx)
                 .map(move |chunk| {
                     let sink = sink.clone();
                     let metrics = metrics.clone();
+                    let (epoch, first_seq) = (chunk.epoch, chunk.msgs.first().map_or(0, |m| m.seq));
+                    let fail = move |error: String| DecodeFailure {
+                        epoch,
+                        first_seq,
+                        error,
+                    };
                     // A small chunk (the usual case with one event per message) costs less to
                     // decode here than to hand to another thread; big ones go to the pool.
-                    let bytes: usize = chunk.iter().map(|m| m.payload.len()).sum();
+                    let bytes: usize = chunk.msgs.iter().map(|m| m.payload.len()).sum();
                     if bytes <= INLINE_DECODE_BYTES {
-                        Either::Left(futures::future::ready(Ok(decode_chunk(
-                            chunk, max, &sink, &metrics,
-                        ))))
+                        let r = decode_guarded(chunk.msgs, max, &sink, &metrics).map_err(fail);
+                        Either::Left(futures::future::ready((epoch, r)))
                     } else {
-                        Either::Right(tokio::task::spawn_blocking(move || {
-                            decode_chunk(chunk, max, &sink, &metrics)
-                        }))
+                        Either::Right(async move {
+                            let r = tokio::task::spawn_blocking(move || {
+                                decode_guarded(chunk.msgs, max, &sink, &metrics)
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()))
+                            .map_err(fail);
+                            (epoch, r)
+                        })
                     }
                 })
                 .buffered(opts.decoders)
-                .for_each(move |res| {
+                .for_each(move |(epoch, res)| {
                     let wtx = wtx.clone();
-                    let batch = res.ok().map(|mut batch| {
-                        if let Some(d) = dedup.as_mut() {
-                            d.filter(&mut batch);
+                    let batch = match res {
+                        _ if epoch <= dropping => None,
+                        Ok(mut batch) => {
+                            if let Some(d) = dedup.as_mut() {
+                                d.filter(&mut batch);
+                            }
+                            Some(batch)
                         }
-                        batch
-                    });
+                        Err(f) => {
+                            dropping = epoch;
+                            let _ = fail_tx.send(f);
+                            None
+                        }
+                    };
                     async move {
                         if let Some(batch) = batch {
                             let _ = wtx.send(WriterMsg::Apply(batch)).await;
@@ -275,7 +331,16 @@ async fn run_engine_consumer(
         )
     };
 
-    receive_loop(&js, &cfg, &opts, from_seq, &rtx, &metrics, &mut shutdown).await;
+    receive_loop(
+        &js,
+        &cfg,
+        &opts,
+        from_seq,
+        (&rtx, &mut fail_rx),
+        &metrics,
+        &mut shutdown,
+    )
+    .await;
     drop(rtx);
     let _ = decode_stage.await;
     ticker.abort();
@@ -288,11 +353,15 @@ async fn receive_loop(
     cfg: &BusConfig,
     opts: &ConsumerOptions,
     from_seq: u64,
-    rtx: &mpsc::Sender<Vec<RawMsg>>,
+    (rtx, failures): (
+        &mpsc::Sender<Chunk>,
+        &mut mpsc::UnboundedReceiver<DecodeFailure>,
+    ),
     metrics: &IngestMetrics,
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let mut next_seq: u64 = from_seq.max(1);
+    let mut epoch = 1u64;
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     'outer: while !*shutdown.borrow() {
@@ -305,14 +374,24 @@ async fn receive_loop(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         first = false;
-        let mut stream = match js.get_stream(&cfg.stream).await {
+        // a failure reported for an older epoch was handled when it was current
+        while failures.try_recv().is_ok() {}
+        let got = tokio::select! {
+            s = js.get_stream(&cfg.stream) => s,
+            _ = shutdown.changed() => break,
+        };
+        let mut stream = match got {
             Ok(s) => s,
             Err(e) => {
                 warn!(stream = %cfg.stream, error = %e, "cannot open the event stream; retrying");
                 continue;
             }
         };
-        let consumer = match open_consumer(&stream, &cfg.consumer, next_seq).await {
+        let opened = tokio::select! {
+            c = open_consumer(&stream, &cfg.consumer, next_seq) => c,
+            _ = shutdown.changed() => break,
+        };
+        let consumer = match opened {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "cannot create the engine consumer; retrying");
@@ -321,7 +400,11 @@ async fn receive_loop(
         };
         // Up to `chunk` messages or 1 ms from the first: at high message rates this amortises the
         // per-chunk hand-offs; at low rates it adds at most 1 ms.
-        let mut msgs = match messages(&consumer, opts).await {
+        let started = tokio::select! {
+            m = messages(&consumer, opts) => m,
+            _ = shutdown.changed() => break,
+        };
+        let mut msgs = match started {
             Ok(m) => Box::pin(tokio_stream::StreamExt::chunks_timeout(
                 m,
                 opts.chunk,
@@ -337,13 +420,31 @@ async fn receive_loop(
         loop {
             let chunk = tokio::select! {
                 c = tokio::time::timeout(STALL_CHECK, msgs.next()) => c,
+                Some(f) = failures.recv() => {
+                    if f.epoch == epoch {
+                        metrics.decode_failures.fetch_add(1, Relaxed);
+                        tracing::error!(
+                            error = %f.error,
+                            from_seq = f.first_seq,
+                            "decoding failed; restarting the consumer at the failed chunk (nothing is skipped)"
+                        );
+                        next_seq = f.first_seq;
+                        epoch += 1;
+                        continue 'outer;
+                    }
+                    continue;
+                }
                 _ = shutdown.changed() => break 'outer,
             };
             let Ok(chunk) = chunk else {
                 // Quiet for a while: normal when caught up, a wedged pull when the stream holds
                 // messages past our position (seen after a previous process was killed while its
                 // pull requests were outstanding). Then re-position rather than wait forever.
-                match stream.info().await {
+                let info = tokio::select! {
+                    i = stream.info() => i,
+                    _ = shutdown.changed() => break 'outer,
+                };
+                match info {
                     Ok(info) if info.state.last_sequence >= next_seq => {
                         warn!(
                             next_seq,
@@ -405,7 +506,7 @@ async fn receive_loop(
             if !raw.is_empty() {
                 metrics.messages.fetch_add(raw.len() as u64, Relaxed);
                 metrics.last_seq.store(next_seq - 1, Relaxed);
-                if rtx.send(raw).await.is_err() {
+                if rtx.send(Chunk { epoch, msgs: raw }).await.is_err() {
                     break 'outer;
                 }
                 backoff = Duration::from_millis(100);
@@ -418,6 +519,28 @@ async fn receive_loop(
     }
 }
 
+/// [`decode_chunk`], with a panic turned into an error (the chunk is then read again).
+fn decode_guarded(
+    chunk: Vec<RawMsg>,
+    max_bytes: usize,
+    sink: &DeadLetterSink,
+    metrics: &IngestMetrics,
+) -> Result<DecodedBatch, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_chunk(chunk, max_bytes, sink, metrics)
+    }))
+    .map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the decoder panicked".into())
+    })
+}
+
+#[cfg(test)]
+/// A stream sequence whose decoding panics once (fault injection for the tests).
+static PANIC_ONCE_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn decode_chunk(
     chunk: Vec<RawMsg>,
     max_bytes: usize,
@@ -426,6 +549,13 @@ fn decode_chunk(
 ) -> DecodedBatch {
     let mut out = DecodedBatch::with_capacity(chunk.len());
     for m in chunk {
+        #[cfg(test)]
+        if PANIC_ONCE_AT
+            .compare_exchange(m.seq, 0, Relaxed, Relaxed)
+            .is_ok()
+        {
+            panic!("injected decode failure at {}", m.seq);
+        }
         out.note_seq(m.seq);
         out.set_arrival(m.arrival);
         if m.payload.len() > max_bytes {
@@ -468,4 +598,59 @@ fn writer_loop(mut writer: EngineWriter, mut rx: mpsc::Receiver<WriterMsg>) {
         }
     }
     writer.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nats_server::ManagedNats;
+
+    /// A decode that panics mid-stream loses nothing and applies nothing twice: the consumer
+    /// restarts at the failed chunk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_decode_restarts_at_its_chunk_and_skips_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = ManagedNats::start(&dir.path().join("nats")).await.unwrap();
+        let client = crate::bus::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client);
+        let bus = BusConfig::default();
+        crate::bus::ensure_streams(&js, &bus).await.unwrap();
+        const N: u64 = 300;
+        for i in 0..N {
+            let ev = format!(
+                r#"{{"id":"e{i}","type":"link.clicked","ts":{},"source":"qr"}}"#,
+                1_700_000_000_000u64 + i
+            );
+            js.publish("passpulse.events.link.clicked", ev.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        // the stream's 137th message fails to decode, once
+        PANIC_ONCE_AT.store(137, Relaxed);
+        let p = Pipeline::start(
+            &js,
+            &bus,
+            ConsumerOptions::default(),
+            EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        while p.engine.events_applied() < N && t0.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(PANIC_ONCE_AT.load(Relaxed), 0, "the fault was injected");
+        assert_eq!(p.engine.events_applied(), N);
+        assert_eq!(
+            p.engine.stats().disk.duplicates,
+            0,
+            "nothing was applied twice"
+        );
+        assert_eq!(p.metrics.decode_failures.load(Relaxed), 1);
+        p.stop().await;
+        nats.stop().await;
+    }
 }

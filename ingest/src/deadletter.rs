@@ -8,7 +8,7 @@
 //! is never covered by a checkpoint before the broker has it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -44,6 +44,8 @@ pub struct DeadLetterSink {
     metrics: Arc<IngestMetrics>,
     /// Dead letters handed over and not yet acknowledged by the broker (or given up on).
     pending: Arc<AtomicU64>,
+    /// The last publish attempt failed (the broker is away or refusing).
+    failing: Arc<AtomicBool>,
     /// The recent ones, for the `dead_letters` table.
     log: DeadLetterLog,
 }
@@ -70,6 +72,19 @@ impl DeadLetterSink {
         }
     }
 
+    /// As [`DeadLetterSink::wait_drained`], but gives up as soon as a publish attempt fails (at
+    /// shutdown nothing will bring the broker back in time).
+    pub fn wait_drained_or_failing(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.pending.load(SeqCst) > 0 {
+            if Instant::now() >= deadline || self.failing.load(SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
     /// Blocks (this is for the writer thread) until every dead letter handed over so far is
     /// published, or `timeout` passes; returns whether the queue drained.
     pub fn wait_drained(&self, timeout: Duration) -> bool {
@@ -93,15 +108,17 @@ pub fn spawn_publisher(
 ) -> (DeadLetterSink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<DeadLetter>();
     let pending = Arc::new(AtomicU64::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
     let sink = DeadLetterSink {
         tx,
         metrics: metrics.clone(),
         pending: pending.clone(),
+        failing: failing.clone(),
         log,
     };
     let task = tokio::spawn(async move {
         while let Some(d) = rx.recv().await {
-            publish(&js, &cfg, &metrics, d).await;
+            publish(&js, &cfg, &metrics, &failing, d).await;
             pending.fetch_sub(1, SeqCst);
         }
     });
@@ -115,7 +132,13 @@ fn header_value(s: &str) -> String {
         .collect()
 }
 
-async fn publish(js: &jetstream::Context, cfg: &BusConfig, metrics: &IngestMetrics, d: DeadLetter) {
+async fn publish(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+    metrics: &IngestMetrics,
+    failing: &AtomicBool,
+    d: DeadLetter,
+) {
     let subject = cfg.deadletter_subject(d.error.reason);
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_REASON, d.error.reason.as_str());
@@ -137,6 +160,7 @@ async fn publish(js: &jetstream::Context, cfg: &BusConfig, metrics: &IngestMetri
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+        failing.store(res.is_err(), SeqCst);
         match res {
             Ok(()) => return,
             Err(e) => {

@@ -20,6 +20,9 @@ pub struct IngestMetrics {
     pub last_seq: AtomicU64,
     /// Times the consumer was re-positioned (after a broker error or a delivery gap).
     pub consumer_restarts: AtomicU64,
+    /// Chunks whose decoding failed (a panic); the pipeline restarted from the chunk's first
+    /// message, so nothing was skipped.
+    pub decode_failures: AtomicU64,
     /// `POST /api/v1/events` outcomes, per line.
     pub http_accepted: AtomicU64,
     pub http_duplicates: AtomicU64,

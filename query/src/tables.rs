@@ -18,7 +18,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::pruning::{PrunableStatistics, PruningStatistics};
 use datafusion::common::stats::Precision;
-use datafusion::common::{Column, DFSchema, Result, ScalarValue, Statistics};
+use datafusion::common::{Column, DFSchema, DataFusionError, Result, ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -27,6 +27,7 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::object_store::{self as object_store, ObjectMeta};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
@@ -146,10 +147,12 @@ impl EventsTable {
             .zip(keep)
             .filter(|(_, k)| *k)
             .map(|((f, st), _)| {
-                PartitionedFile::new(files.abs_path(f).to_string_lossy(), f.bytes)
-                    .with_statistics(st)
+                Ok(
+                    PartitionedFile::new_from_meta(file_meta(&files.abs_path(f), f.bytes)?)
+                        .with_statistics(st),
+                )
             })
-            .collect();
+            .collect::<Result<_>>()?;
         if parts.is_empty() {
             return Ok(None);
         }
@@ -165,6 +168,21 @@ impl EventsTable {
             .build();
         Ok(Some(DataSourceExec::from_data_source(cfg)))
     }
+}
+
+/// The object-store location of a data file. Built from the absolute path the way the local
+/// object store reads it back (percent-encoding round-trips), so a data directory with spaces,
+/// `%` or non-ASCII characters in its path is read correctly.
+fn file_meta(abs: &std::path::Path, size: u64) -> Result<ObjectMeta> {
+    let location = object_store::path::Path::from_absolute_path(abs)
+        .map_err(|e| DataFusionError::Internal(format!("data file {}: {e}", abs.display())))?;
+    Ok(ObjectMeta {
+        location,
+        last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        size,
+        e_tag: None,
+        version: None,
+    })
 }
 
 #[async_trait]

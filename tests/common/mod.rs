@@ -126,13 +126,39 @@ impl Server {
         data_dir: PathBuf,
         keep: Option<tempfile::TempDir>,
     ) -> Server {
-        let port = free_port().unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--http")
+        cmd.arg("serve").arg("--data-dir").arg(&data_dir);
+        Self::launch(cmd, nats, extra, env, data_dir, keep).await
+    }
+
+    /// Starts `passpulse serve` from the working directory `cwd`, with `--data-dir` exactly as
+    /// given (relative paths are the user's path) or, if `None`, the default data directory.
+    pub async fn start_from(
+        cwd: &Path,
+        data_dir: Option<&str>,
+        nats: Option<&Nats>,
+        extra: &[&str],
+    ) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(cwd).arg("serve");
+        if let Some(d) = data_dir {
+            cmd.arg("--data-dir").arg(d);
+        }
+        let resolved = cwd.join(data_dir.unwrap_or("passpulse-data"));
+        Self::launch(cmd, nats, extra, &[], resolved, None).await
+    }
+
+    async fn launch(
+        mut cmd: Command,
+        nats: Option<&Nats>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        data_dir: PathBuf,
+        keep: Option<tempfile::TempDir>,
+    ) -> Server {
+        let port = free_port().unwrap();
+        cmd.arg("--http")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(&data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
@@ -282,9 +308,18 @@ impl Server {
 
     /// Ctrl-C, then waits for a clean exit; returns the exit status.
     pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        self.signal("INT")
+    }
+
+    /// SIGTERM (what a service manager sends), then waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM")
+    }
+
+    fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args([&format!("-{sig}"), &child.id().to_string()])
             .status()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -294,7 +329,7 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("passpulse did not exit within 20 s of SIGINT");
+                panic!("passpulse did not exit within 20 s of SIG{sig}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

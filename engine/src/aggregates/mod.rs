@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{EventRef, EventType};
 
 /// Version of the [`Aggregates::snapshot`] layout; a snapshot of another version is refused.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+pub const SNAPSHOT_FORMAT: u32 = 3;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Aggregates {
@@ -46,7 +46,6 @@ impl Aggregates {
             self.peaks.apply(loc, e.ts);
         }
         if advanced {
-            self.peaks.prune(e.ts);
             self.counts.prune(e.ts);
         }
     }

@@ -4,9 +4,13 @@
 //! A registration is the pair (pass, device). Its state is decided by the install/uninstall with
 //! the latest event time (stream sequence breaks ties), so out-of-order and replayed events give
 //! the same answer as in-order ones. A pass is *active* while it has at least one live
-//! registration. Slices by programme and source use the pass's attribution: `pass.issued` is
-//! authoritative; an install carrying `program`/`source` fills them only if still unknown. When
-//! attribution changes, the pass's counts move between slices.
+//! registration. Slices by programme and source use the pass's origin, the one definition shared
+//! with the SQL views (`pass_origin`): its first `pass.issued` by event time, then stream
+//! sequence, then event id. A later-stamped `pass.issued` is a re-issue and changes nothing; an
+//! earlier-stamped one arriving late becomes the origin, and the pass's counts move between
+//! slices, so the answer does not depend on arrival order. A pass with no `pass.issued` counts
+//! under `(unknown)`: installs and removals never attribute it. "Ever installed" (the funnel) is
+//! any `pass.installed` of the pass, whatever its time relative to the registration's state.
 //!
 //! The layout is built to be cheap to checkpoint. Every pass id and device id is stored once, in
 //! one string arena; a pass's state is a fixed-size record (its ids as spans of the arena, its
@@ -66,11 +70,6 @@ impl Sym {
     fn is_none(self) -> bool {
         self == Sym::NONE
     }
-
-    /// `self` if known, else `other`.
-    fn or(self, other: Sym) -> Sym {
-        if self.is_none() { other } else { self }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -82,6 +81,14 @@ struct Reg {
     seq: u64,
 }
 
+/// Which `pass.issued` is a pass's origin: the least (event time, stream sequence, event id).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Origin {
+    ts: i64,
+    seq: u64,
+    id: Span,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct PassState {
     /// Hash of the pass id under this process's hasher; recomputed when a snapshot is loaded.
@@ -91,6 +98,7 @@ struct PassState {
     program: Sym,
     source: Sym,
     stages: u8,
+    origin: Option<Origin>,
     first: Option<Reg>,
     /// 1 + the index in [`Passes::more`] of the registrations after the first; 0 if none.
     more: u32,
@@ -104,6 +112,7 @@ impl PassState {
             program: Sym::NONE,
             source: Sym::NONE,
             stages: 0,
+            origin: None,
             first: None,
             more: 0,
         }
@@ -305,6 +314,14 @@ impl Passes {
         }
     }
 
+    /// The funnel's sources with anything counted (a source a pass was re-attributed away from
+    /// reads as absent, whatever the arrival order).
+    pub(crate) fn funnel_rows(&self) -> impl Iterator<Item = (&Arc<str>, &FunnelCount)> {
+        self.funnel
+            .iter()
+            .filter(|(_, f)| **f != FunnelCount::default())
+    }
+
     /// Moves a pass's contribution from its state `before` to its state `after`.
     fn reattribute(&mut self, before: &PassState, after: &PassState) {
         self.attribute(before, -1);
@@ -320,11 +337,21 @@ impl Passes {
                 };
                 let program = e.program.map_or(Sym::NONE, |p| self.sym(p));
                 let source = e.source.map_or(Sym::NONE, |s| self.sym(s));
-                let st = self.state(pass);
+                let st = slot(&mut self.table, &mut self.arena, &self.hasher, pass);
                 let before = *st;
-                st.program = program.or(st.program);
-                st.source = source.or(st.source);
+                let is_origin = st
+                    .origin
+                    .is_none_or(|o| (e.ts, e.seq, e.id) < (o.ts, o.seq, text(&self.arena, o.id)));
                 st.stages |= ISSUED;
+                if is_origin {
+                    st.program = program;
+                    st.source = source;
+                    st.origin = Some(Origin {
+                        ts: e.ts,
+                        seq: e.seq,
+                        id: push_text(&mut self.arena, e.id),
+                    });
+                }
                 let after = *st;
                 self.reattribute(&before, &after);
             }
@@ -366,19 +393,14 @@ impl Passes {
         platform: Platform,
         live: bool,
     ) {
-        let program = e.program.map_or(Sym::NONE, |p| self.sym(p));
-        let source = e.source.map_or(Sym::NONE, |s| self.sym(s));
-        let st = self.state(pass);
-        if (st.program.is_none() && !program.is_none())
-            || (st.source.is_none() && !source.is_none())
-        {
-            let before = *st;
-            st.program = st.program.or(program);
-            st.source = st.source.or(source);
-            let after = *st;
-            self.reattribute(&before, &after);
+        let st = slot(&mut self.table, &mut self.arena, &self.hasher, pass);
+        // ever installed: any install counts, even one older than the registration's state
+        if live && st.stages & INSTALLED == 0 {
+            st.stages |= INSTALLED;
+            let source = st.source;
+            let sk = self.key(source);
+            self.funnel.entry(sk).or_default().add_stages(INSTALLED, 1);
         }
-
         let st = slot(&mut self.table, &mut self.arena, &self.hasher, pass);
         let before = st.live_by_platform(&self.more);
         let arena = &self.arena;
@@ -408,10 +430,6 @@ impl Passes {
             }
         }
         let after = st.live_by_platform(&self.more);
-        let first_install = live && st.stages & INSTALLED == 0;
-        if first_install {
-            st.stages |= INSTALLED;
-        }
         let (program, source) = (st.program, st.source);
 
         let (b, a) = (before[0] + before[1], after[0] + after[1]);
@@ -429,10 +447,6 @@ impl Passes {
             let sk = self.key(source);
             self.by_program.entry(pk).or_default().add(d_active, d_regs);
             self.by_source.entry(sk).or_default().add(d_active, d_regs);
-        }
-        if first_install {
-            let sk = self.key(source);
-            self.funnel.entry(sk).or_default().add_stages(INSTALLED, 1);
         }
     }
 }
@@ -518,7 +532,11 @@ impl Passes {
         let hasher = ahash::RandomState::new();
         let mut table = HashTable::with_capacity(states.len());
         for mut st in states {
-            if !span_ok(st.key) || !sym_ok(st.program) || !sym_ok(st.source) {
+            if !span_ok(st.key)
+                || !sym_ok(st.program)
+                || !sym_ok(st.source)
+                || st.origin.is_some_and(|o| !span_ok(o.id))
+            {
                 return Err(format!("pass record {st:?} refers outside the snapshot"));
             }
             let first_ok = match st.first {
@@ -570,6 +588,17 @@ mod tests {
         let mut b = DecodedBatch::new();
         for (i, l) in lines.iter().enumerate() {
             decode_line(l.as_bytes(), 1, i as u64 + 1, &mut b).unwrap();
+        }
+        for e in b.iter() {
+            p.apply(&e);
+        }
+    }
+
+    /// As [`apply`], all lines in one stream message (one NDJSON batch shares its sequence).
+    fn apply_one_message(p: &mut Passes, lines: &[&str]) {
+        let mut b = DecodedBatch::new();
+        for (i, l) in lines.iter().enumerate() {
+            decode_line(l.as_bytes(), i + 1, 7, &mut b).unwrap();
         }
         for e in b.iter() {
             p.apply(&e);
@@ -673,14 +702,70 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_origin_is_the_first_issue_whatever_the_arrival_order() {
+        let issues = [
+            r#"{"id":"b","type":"pass.issued","ts":5,"pass":"A","program":"silver","source":"sms","campaign":"c2"}"#,
+            r#"{"id":"a","type":"pass.issued","ts":1,"pass":"A","program":"gold","source":"email"}"#,
+            // same time as the first; it loses on the stream sequence (both seq 0 here) then id
+            r#"{"id":"z","type":"pass.issued","ts":1,"pass":"A","program":"bronze","source":"web"}"#,
+        ];
+        let install = inst("1", "A", "d1", "apple", 10, true);
+        let mut views = Vec::new();
+        for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2]] {
+            let mut p = Passes::default();
+            let mut lines: Vec<&str> = order.iter().map(|&i| issues[i]).collect();
+            lines.insert(1, &install);
+            apply_one_message(&mut p, &lines);
+            assert_eq!(p.by_program["gold"].active_passes, 1, "order {order:?}");
+            assert_eq!(p.funnel["email"].issued, 1);
+            assert_eq!(p.funnel["email"].installed, 1);
+            views.push(view(&p));
+        }
+        assert!(views.windows(2).all(|w| w[0] == w[1]), "{views:#?}");
+    }
+
+    #[test]
+    fn an_install_older_than_the_uninstall_still_counts_as_installed() {
+        let mut p = Passes::default();
+        apply(
+            &mut p,
+            &[
+                r#"{"id":"i","type":"pass.issued","ts":1,"pass":"A","program":"gold","source":"qr"}"#,
+                &inst("u", "A", "d1", "apple", 20, false),
+                &inst("i", "A", "d1", "apple", 10, true),
+            ],
+        );
+        assert_eq!(p.all.active_passes, 0);
+        assert_eq!(p.funnel["qr"].installed, 1);
+    }
+
+    #[test]
+    fn installs_never_attribute_a_pass() {
+        let mut p = Passes::default();
+        apply(
+            &mut p,
+            &[
+                r#"{"id":"1","type":"pass.uninstalled","ts":9,"pass":"A","device":"d","platform":"apple","program":"gold","source":"sms"}"#,
+                r#"{"id":"2","type":"pass.installed","ts":10,"pass":"A","device":"d","platform":"apple","program":"gold","source":"sms"}"#,
+            ],
+        );
+        assert_eq!(p.by_program[UNKNOWN].active_passes, 1);
+        assert!(!p.by_program.contains_key("gold"));
+    }
+
     /// Everything a snapshot must carry, as comparable values.
     fn view(p: &Passes) -> String {
         let sorted = |m: &Slices<SliceCount>| {
-            let mut v: Vec<_> = m.iter().map(|(k, c)| (k.to_string(), *c)).collect();
+            let mut v: Vec<_> = m
+                .iter()
+                .filter(|(_, c)| **c != SliceCount::default())
+                .map(|(k, c)| (k.to_string(), *c))
+                .collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };
-        let mut f: Vec<_> = p.funnel.iter().map(|(k, c)| (k.to_string(), *c)).collect();
+        let mut f: Vec<_> = p.funnel_rows().map(|(k, c)| (k.to_string(), *c)).collect();
         f.sort_by(|a, b| a.0.cmp(&b.0));
         format!(
             "{:?} {:?} {:?} {:?} {:?}",

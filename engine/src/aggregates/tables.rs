@@ -113,8 +113,13 @@ impl Aggregates {
                 p.by_platform[pl as usize],
             ));
         }
+        // a slice a pass passed through and left (re-attributed, uninstalled) reads as absent,
+        // the same whatever order the events arrived in
         for (dim, map) in [("program", &p.by_program), ("source", &p.by_source)] {
-            let mut v: Vec<_> = map.iter().collect();
+            let mut v: Vec<_> = map
+                .iter()
+                .filter(|(_, c)| **c != SliceCount::default())
+                .collect();
             v.sort_by(|a, b| a.0.cmp(b.0));
             rows.extend(v.into_iter().map(|(k, c)| (dim, Some(k.to_string()), *c)));
         }
@@ -204,7 +209,7 @@ impl Aggregates {
     }
 
     fn funnel_cols(&self) -> Vec<ArrayRef> {
-        let mut v: Vec<_> = self.passes.funnel.iter().collect();
+        let mut v: Vec<_> = self.passes.funnel_rows().collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         let mut src = StringBuilder::new();
         let mut b: [UInt64Builder; 5] = Default::default();

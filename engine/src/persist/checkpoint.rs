@@ -98,13 +98,14 @@ impl Checkpoint {
 
     /// Checks that every file and segment named exists with its recorded size.
     pub fn verify_files(&self, root: &Path) -> Result<(), CheckpointError> {
+        // data files are checked in the engine's copy (`store/`), segments where they are
+        let store = root.join(super::STORE_DIR);
         let sizes = self
             .files
             .iter()
-            .map(|f| (&f.path, f.bytes))
-            .chain(self.segments.iter().map(|s| (&s.path, s.bytes)));
-        for (rel, bytes) in sizes {
-            let p = root.join(rel);
+            .map(|f| (store.join(&f.path), f.bytes))
+            .chain(self.segments.iter().map(|s| (root.join(&s.path), s.bytes)));
+        for (p, bytes) in sizes {
             match std::fs::metadata(&p) {
                 Ok(m) if m.len() == bytes => {}
                 Ok(m) => {

@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 use super::checkpoint::{CHECKPOINT_DIR, DEDUP_DIR, encode_segment};
 use super::fsio::{remove, write_atomic};
 use super::parquet::{read_file, write_sorted, writer_properties};
+use super::publish::{STORE_DIR, publish_all, publish_day};
 use super::recover::remove_empty_partitions;
 use super::{
     Checkpoint, DataFile, FileSet, PersistConfig, PersistError, PersistMetrics, SegmentRef,
@@ -95,7 +96,13 @@ impl Flusher {
                         Some(j) => j,
                         None => match rx.recv() {
                             Ok(j) => j,
-                            Err(_) => break,
+                            Err(_) => {
+                                // stopping: the queries that could still read replaced files
+                                // have ended, so nothing needs them
+                                state.cfg.delete_grace = Duration::ZERO;
+                                state.collect_garbage();
+                                break;
+                            }
                         },
                     };
                     let done = state.run(job);
@@ -160,6 +167,8 @@ struct State {
     stop: Arc<AtomicBool>,
     /// Size-tiered compaction (online) or merge-everything (offline).
     tiered: bool,
+    /// Publishing the view for outside readers failed after a commit: redo it whole.
+    republish: bool,
 }
 
 impl State {
@@ -185,6 +194,7 @@ impl State {
             metrics,
             stop,
             tiered: true,
+            republish: false,
         }
     }
 
@@ -232,7 +242,13 @@ impl State {
         let g = self.next_generation;
         // decoded here, off the writer's thread; held only while the files are written
         let batches: Vec<RecordBatch> = job.batches.iter().map(|b| b.decode(None)).collect();
-        let files = write_sorted(&root, &format!("part-{g:010}"), &batches, &self.props)?;
+        let files = write_sorted(
+            &root.join(STORE_DIR),
+            &format!("part-{g:010}"),
+            &batches,
+            &self.props,
+        )?;
+        let days: HashSet<i32> = files.iter().map(|f| f.day).collect();
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let bytes: u64 = files.iter().map(|f| f.bytes).sum();
         let mut segments: Vec<SegmentRef> = self
@@ -266,7 +282,20 @@ impl State {
         };
         self.commit(ckpt, job.aggregates.clone())?;
         self.metrics.flushed_bytes.fetch_add(bytes, Relaxed);
+        self.publish(days);
         Ok(rows)
+    }
+
+    /// Shows outside readers the committed files of `days` (see `publish`). A failure is not the
+    /// flush's: the commit stands, and the whole view is published again after the next job.
+    fn publish(&mut self, days: impl IntoIterator<Item = i32>) {
+        for day in days {
+            let want: Vec<&DataFile> = self.current.files.iter().filter(|f| f.day == day).collect();
+            if let Err(e) = publish_day(&self.cfg.dir, day, &want) {
+                warn!(error = %e, "cannot update the published events/ view; retrying after the next flush");
+                self.republish = true;
+            }
+        }
     }
 
     /// Writes checkpoint `ckpt` durably and makes it current.
@@ -315,6 +344,14 @@ impl State {
     ) -> (Option<Arc<FileSet>>, Option<FlushJob>) {
         let mut changed = false;
         let mut waiting = None;
+        if self.republish {
+            match publish_all(&self.cfg.dir, &self.current.files) {
+                Ok(()) => self.republish = false,
+                Err(e) => {
+                    warn!(error = %e, "cannot update the published events/ view; retrying after the next flush")
+                }
+            }
+        }
         match self.apply_retention() {
             Ok(c) => changed |= c,
             Err(e) => warn!(error = %e, "retention failed; will retry after the next flush"),
@@ -369,6 +406,7 @@ impl State {
         ckpt.generation = self.next_generation;
         ckpt.created_at = time::now_millis();
         self.commit(ckpt, self.aggregates.clone())?;
+        self.publish(dropped.iter().copied());
         self.metrics
             .partitions_dropped
             .fetch_add(dropped.len() as u64, Relaxed);
@@ -420,11 +458,11 @@ impl State {
             let t0 = Instant::now();
             let mut batches = Vec::new();
             for f in &picked {
-                batches.extend(read_file(&self.cfg.dir.join(&f.path))?);
+                batches.extend(read_file(&self.cfg.dir.join(STORE_DIR).join(&f.path))?);
             }
             let g = self.next_generation;
             let merged = write_sorted(
-                &self.cfg.dir,
+                &self.cfg.dir.join(STORE_DIR),
                 &format!("compact-{g:010}"),
                 &batches,
                 &self.props,
@@ -436,6 +474,7 @@ impl State {
             ckpt.generation = g;
             ckpt.created_at = time::now_millis();
             self.commit(ckpt, self.aggregates.clone())?;
+            self.publish([day]);
             self.metrics.compactions.fetch_add(1, Relaxed);
             info!(
                 day = %time::format_day(day),
@@ -464,9 +503,10 @@ impl State {
             .collect();
         let root = self.cfg.dir.clone();
         let now = Instant::now();
-        for d in ["events", DEDUP_DIR] {
+        // data files are named by their published path, kept under store/; segments as they are
+        for (d, base) in [(STORE_DIR, root.join(STORE_DIR)), (DEDUP_DIR, root.clone())] {
             for p in super::fsio::walk(&root.join(d)) {
-                let rel = super::recover::rel_path(&root, &p);
+                let rel = super::recover::rel_path(&base, &p);
                 if !needed.contains(rel.as_str()) && !rel.ends_with(super::fsio::TMP_SUFFIX) {
                     self.doomed.entry(rel).or_insert(now);
                 }
@@ -480,7 +520,11 @@ impl State {
             .map(|(rel, _)| rel.clone())
             .collect();
         for rel in due {
-            let p: PathBuf = root.join(&rel);
+            let p: PathBuf = if rel.starts_with(DEDUP_DIR) {
+                root.join(&rel)
+            } else {
+                root.join(STORE_DIR).join(&rel)
+            };
             match remove(&p) {
                 Ok(()) => {
                     self.doomed.remove(&rel);
@@ -507,6 +551,7 @@ pub struct CompactReport {
 /// applies retention, and deletes what the new checkpoint does not need (older checkpoints
 /// included), so that the directory holds exactly the current files.
 pub fn compact_dir(mut cfg: PersistConfig) -> Result<CompactReport, PersistError> {
+    cfg.dir = super::resolve_dir(&cfg.dir)?;
     let _lock = super::DirLock::acquire(&cfg.dir)?;
     let metrics = Arc::new(PersistMetrics::default());
     let rec = super::recover(&cfg, &metrics)?;

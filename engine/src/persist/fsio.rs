@@ -22,7 +22,8 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 
 /// Creates `dir` (and parents) and makes the new entries durable.
 pub fn ensure_dir(dir: &Path) -> Result<(), PersistError> {
-    if dir.is_dir() {
+    // "" is the parent of a relative one-component path: the working directory
+    if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
@@ -33,7 +34,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), PersistError> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(PersistError::io(dir, e)),
     }
-    if let Some(parent) = dir.parent() {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent)?;
     }
     Ok(())

@@ -12,7 +12,7 @@ use super::checkpoint::{CHECKPOINT_DIR, DEDUP_DIR};
 use super::fsio::walk;
 use super::lock::LOCK_FILE;
 use super::recover::rel_path;
-use super::{Checkpoint, PersistError, read_checkpoint};
+use super::{Checkpoint, PersistError, STORE_DIR, read_checkpoint};
 use crate::time;
 
 #[derive(Debug, Serialize)]
@@ -27,7 +27,7 @@ pub struct Inspection {
     pub partitions: Vec<PartitionInfo>,
     pub files: Vec<FileInfo>,
     pub totals: Totals,
-    /// Files under `events/` and `dedup/` that no readable checkpoint names (a crashed flush's
+    /// Files under `store/` and `dedup/` that no readable checkpoint names (a crashed flush's
     /// output or temporary files; the next start deletes them).
     pub unreferenced: Vec<String>,
 }
@@ -74,6 +74,12 @@ pub struct Totals {
     pub dedup_segments: usize,
     pub dedup_ids: u64,
     pub dedup_bytes: u64,
+}
+
+/// The engine's copy of a data file, or the published one in a directory an older build wrote.
+fn stored(dir: &Path, rel: &str) -> std::path::PathBuf {
+    let p = dir.join(STORE_DIR).join(rel);
+    if p.exists() { p } else { dir.join(rel) }
 }
 
 fn footer_rows(path: &Path) -> Option<u64> {
@@ -169,7 +175,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, PersistError> {
             files.push(FileInfo {
                 path: f.path.clone(),
                 rows: f.rows,
-                footer_rows: footer_rows(&dir.join(&f.path)),
+                footer_rows: footer_rows(&stored(dir, &f.path)),
                 bytes: f.bytes,
                 min_ts: time::format_millis(f.min_ts),
                 max_ts: time::format_millis(f.max_ts),
@@ -187,11 +193,22 @@ pub fn inspect(dir: &Path) -> Result<Inspection, PersistError> {
         totals.dedup_ids = c.segments.iter().map(|s| s.ids).sum();
         totals.dedup_bytes = c.segments.iter().map(|s| s.bytes).sum();
     }
-    let unreferenced = ["events", DEDUP_DIR]
+    let store = dir.join(STORE_DIR);
+    let unreferenced = walk(&store)
         .iter()
-        .flat_map(|d| walk(&dir.join(d)))
-        .map(|p| rel_path(dir, &p))
-        .filter(|r| !referenced.contains(r))
+        .map(|p| {
+            (
+                rel_path(&store, p),
+                format!("{STORE_DIR}/{}", rel_path(&store, p)),
+            )
+        })
+        .chain(
+            walk(&dir.join(DEDUP_DIR))
+                .iter()
+                .map(|p| (rel_path(dir, p), rel_path(dir, p))),
+        )
+        .filter(|(r, _)| !referenced.contains(r))
+        .map(|(_, shown)| shown)
         .collect();
     Ok(Inspection {
         data_dir: dir.display().to_string(),

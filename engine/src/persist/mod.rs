@@ -5,16 +5,18 @@
 //! Layout under the data directory:
 //!
 //! ```text
-//! events/date=YYYY-MM-DD/part-<generation>-<n>.parquet   events, sorted by (ts, seq), ZSTD
-//! dedup/ids-<generation>.bin                             ids first seen in that flush
-//! checkpoints/checkpoint-<generation>.ckpt               the commit record
+//! store/events/date=YYYY-MM-DD/part-<generation>-<n>.parquet   the engine's copy: events, sorted by (ts, seq), ZSTD
+//! events/date=YYYY-MM-DD/part-<generation>-<n>.parquet         the published view: hard links of exactly the newest checkpoint's files
+//! dedup/ids-<generation>.bin                                   ids first seen in that flush
+//! checkpoints/checkpoint-<generation>.ckpt                     the commit record
 //! ```
 //!
 //! Every file is written under a `.tmp` name, fsynced, renamed and its directory fsynced. A
 //! checkpoint is valid only if its checksum matches and every file it names exists with the
 //! recorded size; the newest valid one wins, and anything no valid checkpoint names (a flush
 //! that crashed before its commit) is deleted at start: those events are replayed from the
-//! stream. See `flusher` for the write path and `recover` for the read path.
+//! stream. See `flusher` for the write path, `recover` for the read path and `publish` for the
+//! view outside readers list.
 
 mod checkpoint;
 mod flusher;
@@ -22,6 +24,7 @@ mod fsio;
 mod inspect;
 mod lock;
 mod parquet;
+mod publish;
 mod recover;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +38,7 @@ pub use flusher::{CompactReport, FlushDone, FlushJob, Flusher, compact_dir};
 pub use inspect::{Inspection, inspect};
 pub use lock::DirLock;
 pub use parquet::{read_file, write_sorted, writer_properties};
+pub use publish::STORE_DIR;
 pub use recover::{Recovered, recover};
 
 /// Where and how the engine persists.
@@ -88,7 +92,8 @@ impl PersistConfig {
 /// One Parquet file of the `events` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataFile {
-    /// Path relative to the data directory, `/`-separated.
+    /// Path of the published file relative to the data directory, `/`-separated
+    /// (`events/date=…/name.parquet`); the engine's own copy is `store/<path>`.
     pub path: String,
     /// UTC day of every row (days since the epoch); the file lives in that day's partition.
     pub day: i32,
@@ -108,8 +113,10 @@ pub struct FileSet {
 }
 
 impl FileSet {
+    /// Where the engine reads `f`: its own copy, which outlives a compaction long enough for
+    /// the queries planned before it.
     pub fn abs_path(&self, f: &DataFile) -> PathBuf {
-        self.root.join(&f.path)
+        self.root.join(STORE_DIR).join(&f.path)
     }
 
     pub fn rows(&self) -> u64 {
@@ -180,6 +187,15 @@ impl PersistMetrics {
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Relaxed)
     }
+}
+
+/// Creates the data directory if needed and returns its canonical absolute path, so that a
+/// directory named relative (`passpulse-data`, `./x`, `../x`), through a symlink, or with spaces
+/// and non-ASCII characters is the same directory for every file the engine writes and for the
+/// query engine's object store, which needs absolute paths.
+pub fn resolve_dir(dir: &Path) -> Result<PathBuf, PersistError> {
+    fsio::ensure_dir(dir)?;
+    std::fs::canonicalize(dir).map_err(|e| PersistError::io(dir, e))
 }
 
 /// Path of the partition directory of `day`, relative to the data directory.

@@ -6,6 +6,9 @@
 //!    post-mortem, never read again) and skipped: the previous one is used instead.
 //! 3. Data files and segments that no readable checkpoint names (written by a flush that crashed
 //!    before its commit) are deleted; the stream still holds their events, which are replayed.
+//! 4. The published `events/` view is made to show exactly the chosen checkpoint's files (a crash
+//!    between a commit and its publication, or a directory written by an older build that kept
+//!    only `events/`, whose files are first linked into `store/`).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -15,6 +18,7 @@ use tracing::{info, warn};
 
 use super::checkpoint::{CHECKPOINT_DIR, DEDUP_DIR, read_checkpoint_header, read_segment};
 use super::fsio::{TMP_SUFFIX, ensure_dir, remove, walk};
+use super::publish::{STAGING_DIR, STORE_DIR, publish_all, remove_tree};
 use super::{Checkpoint, PersistConfig, PersistError, PersistMetrics, read_checkpoint};
 use crate::dedup::Minute;
 
@@ -36,16 +40,18 @@ pub struct Recovered {
 /// Recovers the persisted state under `cfg.dir`, repairing what a crash left behind.
 pub fn recover(cfg: &PersistConfig, metrics: &PersistMetrics) -> Result<Recovered, PersistError> {
     let root = cfg.dir.as_path();
-    for d in ["events", DEDUP_DIR, CHECKPOINT_DIR] {
+    for d in ["events", STORE_DIR, DEDUP_DIR, CHECKPOINT_DIR] {
         ensure_dir(&root.join(d))?;
     }
+    // a partition being assembled when the process stopped: never published, nothing needs it
+    remove_tree(&root.join(STAGING_DIR))?;
     let mut out = Recovered::default();
     let warn_line = |out: &mut Recovered, msg: String| {
         warn!("{msg}");
         out.warnings.push(msg);
     };
 
-    for d in ["events", DEDUP_DIR, CHECKPOINT_DIR] {
+    for d in ["events", STORE_DIR, DEDUP_DIR, CHECKPOINT_DIR] {
         for p in walk(&root.join(d)) {
             if p.to_string_lossy().ends_with(TMP_SUFFIX) {
                 remove(&p)?;
@@ -58,6 +64,17 @@ pub fn recover(cfg: &PersistConfig, metrics: &PersistMetrics) -> Result<Recovere
                     ),
                 );
             }
+        }
+    }
+
+    // an older build kept data files only under events/: the engine's copy is a link of them
+    for p in walk(&root.join("events")) {
+        let stored = root.join(STORE_DIR).join(rel_path(root, &p));
+        if !stored.exists() {
+            if let Some(parent) = stored.parent() {
+                ensure_dir(parent)?;
+            }
+            std::fs::hard_link(&p, &stored).map_err(|e| PersistError::io(&stored, e))?;
         }
     }
 
@@ -121,9 +138,12 @@ pub fn recover(cfg: &PersistConfig, metrics: &PersistMetrics) -> Result<Recovere
     }
 
     let mut orphans = 0;
-    for d in ["events", DEDUP_DIR] {
+    for (d, base) in [
+        (STORE_DIR, root.join(STORE_DIR)),
+        (DEDUP_DIR, root.to_path_buf()),
+    ] {
         for p in walk(&root.join(d)) {
-            let rel = rel_path(root, &p);
+            let rel = rel_path(&base, &p);
             if !referenced.contains(&rel) {
                 remove(&p)?;
                 orphans += 1;
@@ -138,6 +158,11 @@ pub fn recover(cfg: &PersistConfig, metrics: &PersistMetrics) -> Result<Recovere
             ),
         );
     }
+    let current: &[super::DataFile] = match &out.checkpoint {
+        Some((c, _)) => &c.files,
+        None => &[],
+    };
+    publish_all(root, current)?;
     remove_empty_partitions(root);
     Ok(out)
 }
@@ -154,10 +179,12 @@ pub(crate) fn rel_path(root: &Path, p: &Path) -> String {
 
 /// Removes partition directories left empty by compaction, retention or orphan removal.
 pub(crate) fn remove_empty_partitions(root: &Path) {
-    if let Ok(rd) = std::fs::read_dir(root.join("events")) {
-        for e in rd.flatten() {
-            // fails harmlessly when the directory is not empty
-            let _ = std::fs::remove_dir(e.path());
+    for d in [root.join("events"), root.join(STORE_DIR).join("events")] {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                // fails harmlessly when the directory is not empty
+                let _ = std::fs::remove_dir(e.path());
+            }
         }
     }
 }

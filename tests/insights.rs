@@ -1,8 +1,10 @@
 //! Proof of the insights on generated data: `passpulse gen` output, made messy (retried
-//! duplicates, late arrivals, removals of passes never issued), published through NATS to the
-//! real server; every insight compared below is recomputed here in plain Rust from the events
-//! as published, and must agree exactly (the HyperLogLog distinct counts: within four relative
-//! standard errors).
+//! duplicates, late arrivals, removals of passes never issued, re-issues with other attribution
+//! arriving before and after the first issue, installs arriving after a later-stamped removal,
+//! scans uploaded weeks late, redemptions without a view), published through NATS to the real
+//! server; every insight and live table compared below is recomputed here in plain Rust from the
+//! events as published, and must agree exactly (the HyperLogLog distinct counts: within four
+//! relative standard errors).
 
 mod common;
 
@@ -12,11 +14,15 @@ use common::{Nats, Server, generate, js_publish};
 use passpulse_engine::time::{DAY_MS, format_day, parse_rfc3339_millis};
 use serde_json::Value;
 
-/// One event as published, with its arrival position (the server orders ties by stream order).
+/// Lines per published NATS message: the events of one message share a stream sequence.
+const PER_MESSAGE: usize = 500;
+
+/// One event as published, with its arrival position and its message's place in the stream.
 struct Ev {
     v: Value,
     ts: i64,
     arrival: usize,
+    seq: usize,
 }
 
 impl Ev {
@@ -32,10 +38,90 @@ impl Ev {
 /// (late, out of order), every 50th is sent again later in another message (a producer retry),
 /// five passes that were never issued are removed, and three passes take paths the generator
 /// never takes: scanned and redeemed without an install, installed twice on one device, and
-/// removed before its install arrives.
+/// removed before its install arrives. Besides:
+/// - every 9th issued pass is issued again a day later with another source, campaign and
+///   customer, and that re-issue arrives first (every 18th) or last; every 45th gets an issue
+///   stamped an hour *earlier*, arriving last: it, not the generator's, is the origin;
+/// - every 5th removal gets an install of the same registration stamped a minute before it,
+///   arriving after it;
+/// - a scan three weeks after everything moves the watermark, then 40 scans of the first
+///   scanned minute arrive (a scanner offline for weeks), and redemptions of an offer by passes
+///   that never viewed it.
 fn messy(lines: Vec<String>) -> Vec<String> {
     let (mut late, mut out) = (Vec::new(), Vec::new());
     let mut retries = Vec::new();
+    let (mut first, mut last) = (Vec::new(), Vec::new());
+    let (mut issued, mut removed) = (0, 0);
+    let mut first_scan: Option<Value> = None;
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let ts = parse_rfc3339_millis(v["ts"].as_str().unwrap()).unwrap();
+        match v["type"].as_str().unwrap() {
+            "pass.issued" => {
+                issued += 1;
+                let pass = v["pass"].as_str().unwrap();
+                if issued % 9 == 0 {
+                    let again = format!(
+                        r#"{{"id":"reissue-{pass}","type":"pass.issued","ts":{},"pass":"{pass}","program":"{}","source":"reissue-web","campaign":"=HYPERLINK(\"x\")","customer":"<b>C-{pass}</b>"}}"#,
+                        ts + DAY_MS,
+                        v["program"].as_str().unwrap()
+                    );
+                    if issued % 18 == 0 {
+                        first.push(again)
+                    } else {
+                        last.push(again)
+                    }
+                }
+                if issued % 45 == 0 {
+                    last.push(format!(
+                        r#"{{"id":"earlier-{pass}","type":"pass.issued","ts":{},"pass":"{pass}","program":"{}","source":"walk-in","campaign":"till\r\nposter","customer":"E-{pass}"}}"#,
+                        ts - 3_600_000,
+                        v["program"].as_str().unwrap()
+                    ));
+                }
+            }
+            "pass.uninstalled" => {
+                removed += 1;
+                if removed % 5 == 0 {
+                    let mut i = v.clone();
+                    i["id"] = format!("late-install-{removed}").into();
+                    i["type"] = "pass.installed".into();
+                    i["ts"] = (ts - 60_000).into();
+                    last.push(i.to_string());
+                }
+            }
+            "scan"
+                if first_scan
+                    .as_ref()
+                    .is_none_or(|f| ts < f["_ts"].as_i64().unwrap()) =>
+            {
+                let mut f = v.clone();
+                f["_ts"] = ts.into();
+                first_scan = Some(f);
+            }
+            _ => {}
+        }
+    }
+    let f = first_scan.expect("the generated data has scans");
+    last.push(format!(
+        r#"{{"id":"far-ahead","type":"scan","ts":"2026-06-28T12:00:00Z","pass":"{}","location":"{}","device":"lane-9","operator":"op-9","result":"accepted"}}"#,
+        f["pass"].as_str().unwrap(),
+        f["location"].as_str().unwrap()
+    ));
+    for k in 0..40 {
+        last.push(format!(
+            r#"{{"id":"offline-{k}","type":"scan","ts":{},"pass":"{}","location":"{}","device":"offline-scanner","operator":"op-1","result":"accepted"}}"#,
+            f["_ts"].as_i64().unwrap() + k,
+            f["pass"].as_str().unwrap(),
+            f["location"].as_str().unwrap()
+        ));
+    }
+    for k in 0..3 {
+        last.push(format!(
+            r#"{{"id":"unviewed-{k}","type":"redemption","ts":"2026-06-02T11:0{k}:00Z","pass":"UNVIEWED{k}","offer":"coffee-free","location":"berlin-mitte","value":2}}"#
+        ));
+    }
+    out.extend(first);
     for (i, l) in lines.into_iter().enumerate() {
         if i % 50 == 7 {
             retries.push(l.clone());
@@ -68,6 +154,7 @@ fn messy(lines: Vec<String>) -> Vec<String> {
     out.extend(retries);
     // ODD3's install arrives after its removal, though it happened before it
     out.push(r#"{"id":"odd-late","type":"pass.installed","ts":"2026-06-03T08:00:00Z","pass":"ODD3","device":"ODD3-D","platform":"google"}"#.into());
+    out.extend(last);
     out
 }
 
@@ -80,8 +167,16 @@ fn unique(published: &[String]) -> Vec<Ev> {
         if !seen.insert(v["id"].as_str().unwrap().to_string()) {
             continue;
         }
-        let ts = parse_rfc3339_millis(v["ts"].as_str().unwrap()).unwrap();
-        out.push(Ev { v, ts, arrival });
+        let ts = match &v["ts"] {
+            Value::String(t) => parse_rfc3339_millis(t).unwrap(),
+            t => t.as_i64().unwrap(),
+        };
+        out.push(Ev {
+            v,
+            ts,
+            arrival,
+            seq: arrival / PER_MESSAGE,
+        });
     }
     out
 }
@@ -108,11 +203,12 @@ fn latest_registrations(evs: &[Ev]) -> BTreeMap<(String, String), (String, Strin
     last
 }
 
-/// Each pass's origin from its first `pass.issued`: (program, source, campaign, customer).
+/// Each pass's origin from its first `pass.issued` by (event time, stream sequence, event id):
+/// (program, source, campaign, customer).
 type Origin = (String, String, Option<String>, Option<String>);
 fn origins(evs: &[Ev]) -> HashMap<String, Origin> {
     let mut issued: Vec<&Ev> = evs.iter().filter(|e| e.ty() == "pass.issued").collect();
-    issued.sort_by_key(|e| (e.ts, e.arrival));
+    issued.sort_by_key(|e| (e.ts, e.seq, e.s("id").unwrap().to_string()));
     let mut out = HashMap::new();
     for e in issued {
         out.entry(e.s("pass").unwrap().to_string()).or_insert((
@@ -167,7 +263,7 @@ async fn every_insight_matches_an_independent_computation() {
     let nats = Nats::start();
     let server = Server::start(Some(&nats), &[]).await;
     let js = nats.js().await;
-    for chunk in published.chunks(500) {
+    for chunk in published.chunks(PER_MESSAGE) {
         js_publish(&js, "passpulse.events.batch", chunk.join("\n").into_bytes()).await;
     }
     server.wait_events(evs.len() as i64).await;
@@ -215,6 +311,27 @@ async fn every_insight_matches_an_independent_computation() {
         })
         .collect();
     assert_eq!(got, want, "adoption_daily");
+
+    // re-issues per day: issues that are not their pass's first (its origin)
+    let mut by_pass: HashMap<&str, Vec<&Ev>> = HashMap::new();
+    for e in evs.iter().filter(|e| e.ty() == "pass.issued") {
+        by_pass.entry(e.s("pass").unwrap()).or_default().push(e);
+    }
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for issues in by_pass.values_mut() {
+        issues.sort_by_key(|e| (e.ts, e.seq, e.s("id").unwrap().to_string()));
+        for e in &issues[1..] {
+            *want.entry(day(e.ts)).or_default() += 1;
+        }
+    }
+    let got: BTreeMap<String, u64> = get("adoption_daily")
+        .await
+        .iter()
+        .filter(|r| int(&r["reissues"]) > 0)
+        .map(|r| (text(&r["day"]).unwrap(), int(&r["reissues"])))
+        .collect();
+    assert!(want.values().sum::<u64>() > 100, "re-issues were published");
+    assert_eq!(got, want, "adoption_daily.reissues");
 
     // usage per day
     let mut want: BTreeMap<String, [u64; 4]> = BTreeMap::new();
@@ -399,12 +516,17 @@ async fn every_insight_matches_an_independent_computation() {
             w.2.insert(e.s("pass").unwrap());
         }
     }
-    let want: BTreeMap<String, [u64; 5]> = want
+    let want: BTreeMap<String, [u64; 7]> = want
         .into_iter()
-        .map(|(o, (c, v, r))| (o, [c[0], c[1], c[2], v.len() as u64, r.len() as u64]))
+        .map(|(o, (c, v, r))| {
+            let both = v.intersection(&r).count() as u64;
+            let (v, r) = (v.len() as u64, r.len() as u64);
+            (o, [c[0], c[1], c[2], v, r, both, r - both])
+        })
         .collect();
-    let got: BTreeMap<String, [u64; 5]> = table(
-        &get("offers").await,
+    let offers = get("offers").await;
+    let got: BTreeMap<String, [u64; 7]> = table(
+        &offers,
         |r| text(&r["offer"]).unwrap(),
         [
             "views",
@@ -412,9 +534,23 @@ async fn every_insight_matches_an_independent_computation() {
             "redemptions",
             "passes_viewing",
             "passes_redeeming",
+            "viewers_redeeming",
+            "redeemed_without_view",
         ],
     );
     assert_eq!(got, want, "offers");
+    assert!(
+        want.values().any(|w| w[6] > 0),
+        "some passes redeem without a view"
+    );
+    for r in &offers {
+        if let Some(rate) = r["redemption_rate"].as_f64() {
+            assert!(
+                (0.0..=1.0).contains(&rate),
+                "a rate a marketer can read: {r}"
+            );
+        }
+    }
 
     // repeat visits: passes scanned on two or more UTC days
     let mut days: HashMap<&str, BTreeSet<i64>> = HashMap::new();
@@ -492,6 +628,9 @@ async fn every_insight_matches_an_independent_computation() {
         "the orphan removals have no source"
     );
 
+    // the live tables, kept by the engine event by event, against the same definitions
+    live_tables_match(&server, &evs, &origin, &regs).await;
+
     // distinct counts (HyperLogLog++): within four relative standard errors of the exact count,
     // per UTC day and over all time
     let mut exact: BTreeMap<Option<String>, [HashSet<&str>; 3]> = BTreeMap::new();
@@ -534,4 +673,116 @@ async fn every_insight_matches_an_independent_computation() {
             );
         }
     }
+}
+
+/// `install_base`, `funnel` and the all-time `location_peaks`: the engine's live aggregates.
+async fn live_tables_match(
+    server: &Server,
+    evs: &[Ev],
+    origin: &HashMap<String, Origin>,
+    regs: &BTreeMap<(String, String), (String, String)>,
+) {
+    const UNKNOWN: &str = "(unknown)";
+    // install base: passes with a live registration and the registrations, per slice
+    let mut live: BTreeMap<(String, String), BTreeMap<&str, u64>> = BTreeMap::new();
+    for ((p, _), (last, platform)) in regs {
+        if last != "pass.installed" {
+            continue;
+        }
+        let o = origin.get(p);
+        let program = o.map_or(UNKNOWN, |o| o.0.as_str()).to_string();
+        let source = o.map_or(UNKNOWN, |o| o.1.as_str()).to_string();
+        for key in [
+            ("all".to_string(), String::new()),
+            ("platform".to_string(), platform.clone()),
+            ("program".to_string(), program),
+            ("source".to_string(), source),
+        ] {
+            *live.entry(key).or_default().entry(p.as_str()).or_default() += 1;
+        }
+    }
+    let want: BTreeMap<(String, String), [u64; 2]> = live
+        .into_iter()
+        .map(|(k, passes)| (k, [passes.len() as u64, passes.values().sum()]))
+        .collect();
+    let got: BTreeMap<(String, String), [u64; 2]> = table(
+        &server
+            .sql("SELECT dimension, value, active_passes, live_registrations FROM install_base WHERE active_passes > 0")
+            .await,
+        |r| {
+            (
+                text(&r["dimension"]).unwrap(),
+                text(&r["value"]).unwrap_or_default(),
+            )
+        },
+        ["active_passes", "live_registrations"],
+    );
+    assert_eq!(got, want, "install_base (live)");
+
+    // funnel by the origin's source: issued, ever installed, ever scanned, ever redeemed
+    let mut want: BTreeMap<String, [u64; 5]> = BTreeMap::new();
+    for e in evs.iter().filter(|e| e.ty() == "link.clicked") {
+        want.entry(e.s("source").unwrap_or(UNKNOWN).to_string())
+            .or_default()[0] += 1;
+    }
+    let mut stages: BTreeMap<&str, [bool; 4]> = BTreeMap::new();
+    for e in evs {
+        let i = match e.ty() {
+            "pass.issued" => 0,
+            "pass.installed" => 1,
+            "scan" => 2,
+            "redemption" => 3,
+            _ => continue,
+        };
+        stages.entry(e.s("pass").unwrap()).or_default()[i] = true;
+    }
+    for (p, st) in stages {
+        let source = origin.get(p).map_or(UNKNOWN, |o| o.1.as_str());
+        let w = want.entry(source.to_string()).or_default();
+        for (i, reached) in st.into_iter().enumerate() {
+            w[i + 1] += reached as u64;
+        }
+    }
+    let got: BTreeMap<String, [u64; 5]> = table(
+        &server.sql("SELECT * FROM funnel").await,
+        |r| text(&r["source"]).unwrap(),
+        ["clicked", "issued", "installed", "scanned", "redeemed"],
+    );
+    assert_eq!(got, want, "funnel (live)");
+
+    // all-time peaks: the busiest minute of each location (ties: the earliest), also for the
+    // scans uploaded weeks after the watermark passed their minute
+    let mut minutes: BTreeMap<&str, BTreeMap<i64, u64>> = BTreeMap::new();
+    for e in evs.iter().filter(|e| e.ty() == "scan") {
+        *minutes
+            .entry(e.s("location").unwrap())
+            .or_default()
+            .entry(e.ts.div_euclid(60_000))
+            .or_default() += 1;
+    }
+    let want: BTreeMap<String, [u64; 3]> = minutes
+        .into_iter()
+        .map(|(l, m)| {
+            let (minute, peak) = m.iter().fold(
+                (0, 0),
+                |best, (&m, &c)| if c > best.1 { (m, c) } else { best },
+            );
+            (
+                l.to_string(),
+                [peak, (minute * 60_000) as u64, m.values().sum()],
+            )
+        })
+        .collect();
+    let got: BTreeMap<String, [u64; 3]> = table(
+        &server
+            .sql("SELECT location, peak_count, CAST(peak_minute AS BIGINT) AS peak_ms, scans FROM location_peaks WHERE \"window\" = 'all'")
+            .await,
+        |r| text(&r["location"]).unwrap(),
+        ["peak_count", "peak_ms", "scans"],
+    );
+    assert_eq!(got, want, "location_peaks, all time (live)");
+    assert!(
+        want.values().any(|w| w[0] >= 40),
+        "the late scans made a peak"
+    );
 }

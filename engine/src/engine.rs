@@ -107,7 +107,32 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
                     let a = Aggregates::from_snapshot(bytes);
                     (a, ids_job.join().expect("id restore does not panic"))
                 });
-                aggs = restored.map_err(PersistError::Snapshot)?;
+                aggs = match restored {
+                    Ok(a) => a,
+                    Err(why) => {
+                        // an upgrade (another snapshot format) or damaged bytes: the checkpoint's
+                        // files hold every event it covers, so the state is rebuilt from them
+                        tracing::warn!(
+                            reason = %why,
+                            files = c.files.len(),
+                            "the aggregates snapshot cannot be read; rebuilding the aggregates from the stored events (once)"
+                        );
+                        let t = Instant::now();
+                        let rebuilt = crate::aggregates::rebuild(&FileSet {
+                            root: pc.dir.clone(),
+                            files: c.files.clone(),
+                        })?;
+                        tracing::info!(
+                            events = rebuilt.events(),
+                            ms = t.elapsed().as_millis() as u64,
+                            "aggregates rebuilt"
+                        );
+                        resume.warnings.push(format!(
+                            "the aggregates snapshot could not be read ({why}); rebuilt from the stored events"
+                        ));
+                        rebuilt
+                    }
+                };
                 tracing::info!(
                     checkpoint_ms = t_recover.as_millis() as u64,
                     ids,
@@ -666,6 +691,41 @@ mod tests {
         staged.apply(&b);
         assert_eq!(e.events_applied(), 1_000);
         assert_eq!((w.pending_ids.len(), staged.pending_ids.len()), (0, 0));
+    }
+
+    /// An upgrade: the newest checkpoint's aggregates snapshot is in a format this build does
+    /// not read. The engine rebuilds the aggregates from the stored events instead of refusing
+    /// to start, and the figures are the same.
+    #[test]
+    fn an_unreadable_snapshot_is_rebuilt_from_the_stored_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = || EngineConfig {
+            persist: Some(PersistConfig::new(dir.path())),
+            ..EngineConfig::default()
+        };
+        let (mut w, e, _) = open_engine(cfg()).unwrap();
+        w.apply(&scans(0, 2_000, 1_000));
+        w.close();
+        let before = serde_json::to_value(e.stats()).unwrap();
+        drop(e);
+
+        let ckpts = dir.path().join("checkpoints");
+        let newest = crate::persist::fsio_walk(&ckpts).into_iter().max().unwrap();
+        let (c, mut aggs) = crate::persist::read_checkpoint(&newest).unwrap();
+        aggs[..4].copy_from_slice(&(crate::aggregates::SNAPSHOT_FORMAT - 1).to_le_bytes());
+        std::fs::write(&newest, c.encode(&aggs)).unwrap();
+
+        let (w, e, resume) = open_engine(cfg()).unwrap();
+        assert!(
+            resume.warnings.iter().any(|w| w.contains("rebuilt")),
+            "{:?}",
+            resume.warnings
+        );
+        let after = serde_json::to_value(e.stats()).unwrap();
+        for key in ["events", "by_type", "install_base", "location_peaks", "distinct", "funnel"] {
+            assert_eq!(after[key], before[key], "{key}");
+        }
+        w.close();
     }
 
     #[test]

@@ -6,12 +6,14 @@ mod counts;
 mod distinct;
 mod location_peaks;
 mod passes;
+mod rebuild;
 mod tables;
 
 pub(crate) use distinct::PreHashed;
 pub use distinct::{DistinctRow, PRECISION, RELATIVE_ERROR};
 pub use location_peaks::{Peak, WINDOWS};
 pub use passes::{FunnelCount, SliceCount, UNKNOWN};
+pub(crate) use rebuild::rebuild;
 pub use tables::TableName;
 
 use serde::{Deserialize, Serialize};

@@ -38,7 +38,9 @@ pub use flusher::{CompactReport, FlushDone, FlushJob, Flusher, compact_dir};
 pub use inspect::{Inspection, inspect};
 pub use lock::DirLock;
 pub use parquet::{read_file, write_sorted, writer_properties};
-pub use publish::STORE_DIR;
+pub(crate) use publish::STORE_DIR;
+#[cfg(test)]
+pub(crate) use fsio::walk as fsio_walk;
 pub use recover::{Recovered, recover};
 
 /// Where and how the engine persists.
@@ -67,8 +69,8 @@ pub struct PersistConfig {
     pub keep_checkpoints: usize,
     /// A file no checkpoint needs any more is deleted only after this long, so queries planned
     /// before it was replaced can still read it (default 60 s; `serve` uses at least twice the
-    /// query timeout). Until then a reader that lists `events/` itself, rather than the newest
-    /// checkpoint's files, can see a compacted file next to the files it replaced.
+    /// query timeout). Only the engine's copies under `store/` wait: the published `events/`
+    /// view drops a replaced file at the commit (see `publish`).
     pub delete_grace: Duration,
 }
 

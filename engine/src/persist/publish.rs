@@ -134,7 +134,17 @@ fn link(root: &Path, f: &DataFile, to: &Path) -> Result<(), PersistError> {
     match fs::hard_link(&from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(PersistError::io(&from, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PersistError::io(&from, e)),
+        Err(e) => {
+            // a file system without hard links: a copy, appearing under its name in one rename
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Relaxed) {
+                warn!(error = %e, "the file system has no hard links; the published events/ files are copies");
+            }
+            let tmp = super::fsio::tmp_path(to);
+            fs::copy(&from, &tmp).map_err(|e| PersistError::io(&tmp, e))?;
+            rename(&tmp, to)
+        }
     }
 }
 

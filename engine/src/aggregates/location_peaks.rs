@@ -3,8 +3,11 @@
 //!
 //! Per-minute counts are updated per event and kept for all time, so that a scan arriving weeks
 //! late (an offline scanner) lands on its minute's true count and the all-time peak stays exact
-//! whatever the lateness; the all-time peak is maintained incrementally. The cost is one entry
-//! (about 16 bytes in memory, 6 in a checkpoint) per location and minute that had a scan.
+//! whatever the lateness; the all-time peak is maintained incrementally. The cost grows with
+//! history: one entry per location and minute that had a scan (on generated traffic almost one
+//! per scan), about 20 bytes of memory and 6 bytes of every checkpoint's snapshot each — at ten
+//! million scans, ~200 MB held and ~60 MB written per checkpoint. Keeping old minutes out of
+//! every snapshot (an append-only archive beside it) is the known next step for larger histories.
 //! Windowed peaks are read by scanning at most 10,080 minute buckets of a location.
 
 use std::collections::BTreeMap;

@@ -143,6 +143,15 @@ impl Encoder {
         }
     }
 
+    /// Bytes encoded but not yet handed to [`Encoder::take`]: Parquet's row group in progress
+    /// (an estimate of its encoded size); 0 for the formats that write each batch at once.
+    pub fn pending_bytes(&self) -> usize {
+        match &self.inner {
+            Inner::Parquet(w) => w.in_progress_size(),
+            _ => 0,
+        }
+    }
+
     /// Bytes encoded since the last call.
     pub fn take(&self) -> Vec<u8> {
         std::mem::take(&mut *self.buf.0.lock())

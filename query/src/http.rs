@@ -1,15 +1,23 @@
 //! HTTP API of the query layer: `GET`/`POST /api/v1/query`, `GET /api/v1/insights[/{name}]` and
 //! `GET /api/v1/stats`.
 //!
-//! A query runs entirely on the query runtime. The response head is sent once the first batch
-//! exists, so planning errors, refusals, timeouts and early execution errors get a proper status
-//! and a JSON `{"error": …}` body. After that, batches stream as they are produced; a failure or
+//! A query runs entirely on the query runtime. The response head is sent once the first encoded
+//! bytes exist, so planning errors, refusals, timeouts, the result cap (also for Parquet, which
+//! holds a row group before writing it) and early execution errors get a proper status and a
+//! JSON `{"error": …}` body. After that, bytes stream as they are produced; a failure or
 //! timeout mid-stream aborts the response (the client sees a truncated body, never a silently
-//! short one). Dropping the stream — on timeout or when the client goes away — stops execution.
+//! short one).
+//!
+//! The deadline and the process memory ceiling are held here, on the HTTP runtime, not inside
+//! the query's own task: a CPU-bound operator that keeps a query thread busy cannot delay them.
+//! When either passes, the client gets its 504 or 422 at once and the query's task is aborted,
+//! which drops its stream and stops execution at the operators' next yield (DataFusion's
+//! cooperative scheduling yields between batches). The client going away stops it the same way.
 
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -23,9 +31,11 @@ use datafusion::common::ScalarValue;
 use futures::StreamExt;
 use passpulse_engine::Engine;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
 
 use crate::format::{Encoder, Format};
+use crate::guard::QueryStop;
 use crate::insights::{self, INSIGHTS, Scope};
 use crate::metrics::{Outcome, QueryMetrics};
 use crate::session::{QueryError, QueryService};
@@ -117,8 +127,13 @@ pub fn error_response(status: StatusCode, msg: impl Into<String>) -> Response {
 fn status_of(e: &QueryError) -> StatusCode {
     match e {
         QueryError::ReadOnly(_) => StatusCode::FORBIDDEN,
-        QueryError::Plan(_) | QueryError::Execution(_) => StatusCode::BAD_REQUEST,
-        QueryError::Memory { .. } | QueryError::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Plan(_) | QueryError::Shape(_) | QueryError::Execution(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        QueryError::Memory { .. }
+        | QueryError::TooLarge(_)
+        | QueryError::ValueTooLarge(_)
+        | QueryError::ProcessMemory(_) => StatusCode::UNPROCESSABLE_ENTITY,
         QueryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -126,7 +141,7 @@ fn status_of(e: &QueryError) -> StatusCode {
 
 fn outcome_of(e: &QueryError) -> Outcome {
     match e {
-        QueryError::ReadOnly(_) => Outcome::Refused,
+        QueryError::ReadOnly(_) | QueryError::Shape(_) => Outcome::Refused,
         QueryError::Timeout(_) => Outcome::Timeout,
         _ => Outcome::Error,
     }
@@ -279,89 +294,180 @@ async fn run_with(
     let (head_tx, head_rx) = oneshot::channel::<Result<(), QueryError>>();
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, io::Error>>(4);
     let service = st.service.clone();
-    let metrics = st.metrics.clone();
-    service.runtime().spawn(execute(
+    let finish = Arc::new(Finish::new(st.metrics.clone()));
+    let (trips, ceiling) = service.memory_trips();
+    let timeout = service.config().timeout;
+    // the operators check the same deadline and ceiling between batches (crate::guard)
+    let query_stop = service.query_stop(Instant::now() + timeout);
+    let task = service.runtime().spawn(execute(
         service.clone(),
-        metrics,
-        (sql, params),
+        st.metrics.clone(),
+        (sql, params, query_stop.clone()),
         format,
         head_tx,
         body_tx,
+        finish.clone(),
     ));
-    match head_rx.await {
-        Ok(Ok(())) => Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, format.content_type())
-            .body(Body::from_stream(
-                tokio_stream::wrappers::ReceiverStream::new(body_rx),
-            ))
-            .unwrap_or_else(|e| error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        Ok(Err(e)) => error_response(status_of(&e), e.to_string()),
-        Err(_) => error_response(
+    let mut stop = Stop {
+        task: task.abort_handle(),
+        deadline: tokio::time::Instant::now() + timeout,
+        timeout,
+        trips,
+        ceiling,
+        finish,
+        query_stop,
+    };
+    match stop.guard(head_rx).await {
+        Ok(Ok(Ok(()))) => {
+            let body = futures::stream::unfold(Some((body_rx, stop)), |state| async move {
+                let (mut rx, mut stop) = state?;
+                match stop.guard(rx.recv()).await {
+                    Ok(Some(item)) => Some((item, Some((rx, stop)))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(io::Error::other(e.to_string())), None)),
+                }
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, format.content_type())
+                .body(Body::from_stream(body))
+                .unwrap_or_else(|e| {
+                    error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                })
+        }
+        Ok(Ok(Err(e))) | Err(e) => error_response(status_of(&e), e.to_string()),
+        Ok(Err(_)) => error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "query task ended unexpectedly",
         ),
     }
 }
 
-/// Runs on the query runtime: plan, check, execute under the deadline, encode, stream.
+/// Records a query's outcome in the metrics once, whoever ends it first (the query's task, or
+/// the deadline or memory ceiling that aborts it).
+struct Finish {
+    metrics: Arc<QueryMetrics>,
+    started: Instant,
+    done: AtomicBool,
+}
+
+impl Finish {
+    fn new(metrics: Arc<QueryMetrics>) -> Finish {
+        Finish {
+            metrics,
+            started: Instant::now(),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    fn record(&self, outcome: Outcome, rows: u64) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            self.metrics.finish(outcome, self.started.elapsed(), rows);
+        }
+    }
+}
+
+/// What stops a running query from outside its task: the deadline and the memory ceiling.
+/// Dropping it (the response is over, or the client went away) aborts the task too.
+struct Stop {
+    task: AbortHandle,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    trips: watch::Receiver<u64>,
+    ceiling: usize,
+    finish: Arc<Finish>,
+    query_stop: Arc<QueryStop>,
+}
+
+impl Stop {
+    /// `f`, unless the deadline or the memory ceiling passes first: then the query is aborted
+    /// and the reason returned.
+    async fn guard<F: std::future::Future>(&mut self, f: F) -> Result<F::Output, QueryError> {
+        let tripped = async {
+            // a closed sender (never: the service holds it) must not read as a trip
+            if self.trips.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let e = tokio::select! {
+            out = f => return Ok(out),
+            _ = tokio::time::sleep_until(self.deadline) => QueryError::Timeout(self.timeout),
+            _ = tripped => QueryError::ProcessMemory(self.ceiling),
+        };
+        self.task.abort();
+        self.query_stop.cancel();
+        tracing::info!(error = %e, "query stopped");
+        self.finish.record(outcome_of(&e), 0);
+        Err(e)
+    }
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.query_stop.cancel();
+    }
+}
+
+/// Runs on the query runtime: plan, check, execute, encode, stream. The deadline and the memory
+/// ceiling are enforced from outside (see [`Stop`]).
 async fn execute(
     service: Arc<QueryService>,
     metrics: Arc<QueryMetrics>,
-    (sql, params): (String, Vec<(String, ScalarValue)>),
+    (sql, params, stop): (String, Vec<(String, ScalarValue)>, Arc<QueryStop>),
     format: Format,
     head_tx: oneshot::Sender<Result<(), QueryError>>,
     body_tx: mpsc::Sender<Result<Bytes, io::Error>>,
+    finish: Arc<Finish>,
 ) {
-    let started = Instant::now();
     let _running = metrics.start();
     let cfg = service.config().clone();
     let mut head = Some(head_tx);
     let mut rows = 0u64;
     let work = async {
-        let (schema, mut stream) = service.start_with(&sql, params).await?;
-        let first = stream
+        let (schema, mut stream) = service.start_stoppable(&sql, params, stop).await?;
+        let mut enc =
+            Encoder::new(format, &schema).map_err(|e| QueryError::Internal(e.to_string()))?;
+        let mut sent = 0usize;
+        while let Some(batch) = stream
             .next()
             .await
             .transpose()
-            .map_err(|e| service.map_err(e))?;
-        let mut enc =
-            Encoder::new(format, &schema).map_err(|e| QueryError::Internal(e.to_string()))?;
-        if let Some(h) = head.take() {
-            let _ = h.send(Ok(()));
-        }
-        let mut sent = 0usize;
-        let mut next = first;
-        while let Some(batch) = next {
+            .map_err(|e| service.map_err(e))?
+        {
             rows += batch.num_rows() as u64;
             enc.write(&batch)
                 .map_err(|e| QueryError::Execution(e.to_string()))?;
             let chunk = enc.take();
             sent += chunk.len();
-            if sent > cfg.max_result_bytes {
+            // Parquet holds a row group until it is full: what it holds counts too
+            if sent + enc.pending_bytes() > cfg.max_result_bytes {
                 return Err(QueryError::TooLarge(cfg.max_result_bytes));
             }
-            if !chunk.is_empty() && body_tx.send(Ok(chunk.into())).await.is_err() {
-                return Ok(()); // the client went away: dropping the stream stops execution
+            if !chunk.is_empty() {
+                if let Some(h) = head.take() {
+                    let _ = h.send(Ok(()));
+                }
+                if body_tx.send(Ok(chunk.into())).await.is_err() {
+                    return Ok(()); // the client went away: dropping the stream stops execution
+                }
             }
-            next = stream
-                .next()
-                .await
-                .transpose()
-                .map_err(|e| service.map_err(e))?;
         }
         let tail = enc
             .finish()
             .map_err(|e| QueryError::Execution(e.to_string()))?;
+        if sent + tail.len() > cfg.max_result_bytes {
+            return Err(QueryError::TooLarge(cfg.max_result_bytes));
+        }
+        if let Some(h) = head.take() {
+            let _ = h.send(Ok(()));
+        }
         if !tail.is_empty() {
             let _ = body_tx.send(Ok(tail.into())).await;
         }
         Ok(())
     };
-    let result = match tokio::time::timeout(cfg.timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(QueryError::Timeout(cfg.timeout)),
-    };
+    let result = work.await;
     let outcome = match &result {
         Ok(()) => Outcome::Ok,
         Err(e) => outcome_of(e),
@@ -377,5 +483,5 @@ async fn execute(
             }
         }
     }
-    metrics.finish(outcome, started.elapsed(), rows);
+    finish.record(outcome, rows);
 }

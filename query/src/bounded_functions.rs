@@ -1,0 +1,332 @@
+//! Built-in functions whose output size the query itself chooses (`repeat('x', 500000000)`,
+//! `lpad`, `rpad`, `array_repeat`, `array_resize`, `range`, `generate_series`, `replace`),
+//! re-registered under their own names behind a size check. It owns nothing else: the functions
+//! still compute exactly what DataFusion's do.
+//!
+//! Why: DataFusion's memory pool only sees what operators reserve (hash tables, sorts, buffers).
+//! A scalar function allocates its output array outside the pool, so one call could ask for
+//! gigabytes before anything notices. Each wrapper estimates, from its arguments and before
+//! calling the real function, an upper bound of the bytes the call (one batch) would produce,
+//! and refuses the call over `max_value_bytes` with an error naming the function and the limit.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalUnit, TimeUnit};
+use datafusion::common::ScalarValue;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature,
+};
+use datafusion::prelude::SessionContext;
+
+/// A function call refused because of the size of what it would build.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{what} would build about {estimate} bytes, over the {limit}-byte limit of one function's \
+     output or one batch (query.max_value_mb): ask for smaller values, or fewer at once"
+)]
+pub struct ValueTooLarge {
+    pub what: String,
+    pub estimate: u64,
+    pub limit: u64,
+}
+
+/// How a function's output size follows from its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Growth {
+    /// `repeat(text, n)`: len(text) × n.
+    Repeat,
+    /// `lpad/rpad(text, n[, fill])`: n characters, at most 4 bytes each.
+    Pad,
+    /// `array_repeat(value, n)`: n copies of the value.
+    ArrayRepeat,
+    /// `array_resize(array, n[, value])`: n elements.
+    ArrayResize,
+    /// `range/generate_series(start, stop[, step])`: (stop − start) / step elements.
+    Series,
+    /// `replace(text, from, to)`: every occurrence of `from` (or every gap, when empty) becomes
+    /// `to`.
+    Replace,
+}
+
+const BOUNDED: [(&str, Growth); 7] = [
+    ("repeat", Growth::Repeat),
+    ("lpad", Growth::Pad),
+    ("rpad", Growth::Pad),
+    ("array_repeat", Growth::ArrayRepeat),
+    ("array_resize", Growth::ArrayResize),
+    ("range", Growth::Series),
+    ("replace", Growth::Replace),
+];
+
+/// Registers the bounded versions over DataFusion's built-ins in `ctx`.
+pub(crate) fn register(ctx: &SessionContext, max_value_bytes: usize) -> Result<()> {
+    let names = BOUNDED
+        .iter()
+        .copied()
+        .chain([("generate_series", Growth::Series)]);
+    for (name, growth) in names {
+        let inner = ctx.udf(name)?;
+        ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
+            inner,
+            growth,
+            limit: max_value_bytes as u64,
+        }));
+    }
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Bounded {
+    inner: Arc<ScalarUDF>,
+    growth: Growth,
+    limit: u64,
+}
+
+impl ScalarUDFImpl for Bounded {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+    fn is_strict(&self) -> bool {
+        self.inner.inner().is_strict()
+    }
+    fn short_circuits(&self) -> bool {
+        self.inner.short_circuits()
+    }
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let estimate = estimate(self.growth, &args.args, args.number_rows)?;
+        if estimate > self.limit {
+            return Err(DataFusionError::External(Box::new(ValueTooLarge {
+                what: format!("{}() in one batch", self.name()),
+                estimate,
+                limit: self.limit,
+            })));
+        }
+        self.inner.invoke_with_args(args)
+    }
+}
+
+/// Upper bound of the bytes a call over `rows` rows builds (saturating; never below the truth
+/// for the value types the functions produce, up to per-array headers).
+fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u64> {
+    let rows = rows.max(1);
+    Ok(match growth {
+        Growth::Repeat => {
+            let len = str_bytes(&args[0], rows)?;
+            let n = ints(&args[1], rows)?;
+            dot(&len, &n)
+        }
+        Growth::Pad => ints(&args[1], rows)?
+            .iter()
+            .fold(0u64, |acc, n| acc.saturating_add(pos(*n).saturating_mul(4))),
+        Growth::ArrayRepeat => {
+            let n = ints(&args[1], rows)?;
+            let max_n = n.iter().copied().map(pos).max().unwrap_or(0);
+            let total_n = n.iter().copied().map(pos).fold(0u64, u64::saturating_add);
+            // Σ nᵢ·sizeᵢ ≤ max(n)·Σ sizeᵢ; plus an offset or a fixed-width slot per copy
+            let value = value_bytes(&args[0]);
+            max_n
+                .saturating_mul(value)
+                .saturating_add(total_n.saturating_mul(8))
+        }
+        Growth::ArrayResize => ints(&args[1], rows)?.iter().fold(0u64, |acc, n| {
+            acc.saturating_add(pos(*n).saturating_mul(16))
+        }),
+        Growth::Series => series_elements(args, rows)?.saturating_mul(8),
+        Growth::Replace => {
+            let text = str_bytes(&args[0], rows)?;
+            let from = str_bytes(&args[1], rows)?;
+            let to = str_bytes(&args[2], rows)?;
+            text.iter()
+                .zip(&from)
+                .zip(&to)
+                .fold(0u64, |acc, ((t, f), to)| {
+                    let hits = t / (*f).max(1) + 1;
+                    acc.saturating_add(*t)
+                        .saturating_add(hits.saturating_mul(*to))
+                })
+        }
+    })
+}
+
+fn pos(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn dot(a: &[u64], b: &[i64]) -> u64 {
+    a.iter().zip(b).fold(0u64, |acc, (x, n)| {
+        acc.saturating_add(x.saturating_mul(pos(*n)))
+    })
+}
+
+/// Row `i`'s value of an integer argument, for every row (a scalar repeated).
+fn ints(v: &ColumnarValue, rows: usize) -> Result<Vec<i64>> {
+    match v {
+        ColumnarValue::Scalar(s) => {
+            let n = match s.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(n) => n.unwrap_or(0),
+                _ => 0,
+            };
+            Ok(vec![n; rows])
+        }
+        ColumnarValue::Array(a) => {
+            let a = cast(a, &DataType::Int64)?;
+            Ok(a.as_primitive::<Int64Type>()
+                .iter()
+                .map(|n| n.unwrap_or(0))
+                .collect())
+        }
+    }
+}
+
+/// Row `i`'s byte length of a text argument, for every row (a scalar is not copied).
+fn str_bytes(v: &ColumnarValue, rows: usize) -> Result<Vec<u64>> {
+    match v {
+        ColumnarValue::Scalar(s) => {
+            let len = s.try_as_str().flatten().map_or(0, str::len);
+            Ok(vec![len as u64; rows])
+        }
+        ColumnarValue::Array(a) => {
+            let a = match a.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => a.clone(),
+                _ => cast(a, &DataType::Utf8)?,
+            };
+            let lens: Vec<u64> = match a.data_type() {
+                DataType::Utf8 => a.as_string::<i32>().iter().map(len).collect(),
+                DataType::LargeUtf8 => a.as_string::<i64>().iter().map(len).collect(),
+                _ => a.as_string_view().iter().map(len).collect(),
+            };
+            Ok(lens)
+        }
+    }
+}
+
+fn len(s: Option<&str>) -> u64 {
+    s.map_or(0, |s| s.len() as u64)
+}
+
+/// Bytes of an argument's values over the whole call (a scalar counts once).
+fn value_bytes(v: &ColumnarValue) -> u64 {
+    match v {
+        ColumnarValue::Scalar(s) => (s.size() - std::mem::size_of::<ScalarValue>()).max(8) as u64,
+        ColumnarValue::Array(a) => a.get_array_memory_size() as u64,
+    }
+}
+
+/// Elements `range`/`generate_series` would build over all rows.
+fn series_elements(args: &[ColumnarValue], rows: usize) -> Result<u64> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let rows = arrays.first().map_or(rows, |a| a.len());
+    let (start, stop, step) = match arrays.len() {
+        1 => (vec![0; rows], as_i64(&arrays[0])?, vec![1; rows]),
+        2 => (as_i64(&arrays[0])?, as_i64(&arrays[1])?, vec![1; rows]),
+        _ => (
+            as_i64(&arrays[0])?,
+            as_i64(&arrays[1])?,
+            step_of(&arrays[2])?,
+        ),
+    };
+    let mut total = 0u64;
+    for ((a, b), s) in start.iter().zip(&stop).zip(&step) {
+        let span = (i128::from(*b) - i128::from(*a)).unsigned_abs();
+        let step = i128::from(*s).unsigned_abs().max(1);
+        let n = u64::try_from(span / step + 1).unwrap_or(u64::MAX);
+        total = total.saturating_add(n);
+    }
+    Ok(total)
+}
+
+/// Integers, or dates and timestamps as microseconds.
+fn as_i64(a: &ArrayRef) -> Result<Vec<i64>> {
+    let a = match a.data_type() {
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => {
+            let us = cast(a, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+            cast(&us, &DataType::Int64)?
+        }
+        _ => cast(a, &DataType::Int64)?,
+    };
+    Ok(a.as_primitive::<Int64Type>()
+        .iter()
+        .map(|v| v.unwrap_or(0))
+        .collect())
+}
+
+/// A step in the unit of [`as_i64`]: an interval as microseconds (a month as 28 days, so the
+/// estimate stays an upper bound), anything else as an integer.
+fn step_of(a: &ArrayRef) -> Result<Vec<i64>> {
+    if !matches!(a.data_type(), DataType::Interval(_)) {
+        return as_i64(a);
+    }
+    let a = cast(a, &DataType::Interval(IntervalUnit::MonthDayNano))?;
+    Ok(
+        a.as_primitive::<datafusion::arrow::datatypes::IntervalMonthDayNanoType>()
+            .iter()
+            .map(|v| {
+                v.map_or(1, |v| {
+                    const DAY_US: i64 = 86_400_000_000;
+                    i64::from(v.months)
+                        .saturating_mul(28 * DAY_US)
+                        .saturating_add(i64::from(v.days).saturating_mul(DAY_US))
+                        .saturating_add(v.nanoseconds / 1_000)
+                })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(n: i64) -> ColumnarValue {
+        ColumnarValue::Scalar(ScalarValue::Int64(Some(n)))
+    }
+    fn text(s: &str) -> ColumnarValue {
+        ColumnarValue::Scalar(ScalarValue::Utf8(Some(s.into())))
+    }
+
+    #[test]
+    fn estimates_are_upper_bounds_of_what_the_attacks_asked_for() {
+        assert_eq!(
+            estimate(Growth::Repeat, &[text("x"), int(500_000_000)], 1).unwrap(),
+            500_000_000
+        );
+        assert_eq!(
+            estimate(Growth::Pad, &[text("x"), int(1_000), text("ab")], 3).unwrap(),
+            12_000
+        );
+        assert_eq!(
+            estimate(Growth::Series, &[int(1), int(300_000_000)], 1).unwrap(),
+            300_000_000 * 8
+        );
+        assert!(estimate(Growth::Series, &[int(1), int(10), int(0)], 1).unwrap() >= 80);
+        assert!(estimate(Growth::Replace, &[text("aaaa"), text(""), text("bb")], 1).unwrap() >= 12);
+        // a negative count builds nothing
+        assert_eq!(
+            estimate(Growth::Repeat, &[text("x"), int(-5)], 1).unwrap(),
+            0
+        );
+    }
+}

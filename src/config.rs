@@ -134,6 +134,8 @@ pub struct IngestSection {
     /// Broker de-duplication window for `Nats-Msg-Id`.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
+    /// Line errors listed in one `POST /api/v1/events` answer; the rest are only counted.
+    pub max_line_errors: usize,
 }
 
 impl Default for Config {
@@ -174,6 +176,7 @@ impl Default for IngestSection {
             publish_interval: Duration::from_millis(100),
             max_body_mb: 16,
             duplicate_window: Duration::from_secs(120),
+            max_line_errors: 100,
         }
     }
 }

@@ -153,9 +153,12 @@ pub async fn serve(mut cfg: Config) -> Result<()> {
             metrics: query_metrics,
         },
         IntakeState {
-            js: js.clone(),
+            // its own context: intake's in-flight publishes never take the acks permits of the
+            // issuer's lifecycle events, the automation or the demo
+            js: jetstream::new(client.clone()),
             bus: bus.clone(),
             metrics: ingest_metrics,
+            max_errors: cfg.ingest.max_line_errors,
         },
         issuer.clone(),
         automation,

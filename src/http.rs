@@ -2,12 +2,27 @@
 //! the optional bearer token, compared in constant time), the wallet routes of the issuer
 //! (`/wallet`, `/passes`: their own credentials), the dashboard at `/`, `/healthz` and
 //! `/metrics`.
+//!
+//! Cross-site requests. No route sends CORS headers, so no other origin can read an answer or
+//! pass a preflight. A page can still *send* a "simple" request (GET, or a POST of `text/plain`,
+//! a form or no content type at all, e.g. `fetch(url, {method: "POST", mode: "no-cors"})`),
+//! and the browser delivers it. With a bearer token configured that is harmless: a page cannot
+//! attach the token. Without one, `/api` refuses what a page could forge:
+//! - a POST, PATCH, PUT or DELETE whose `Content-Type` is not `application/json`,
+//!   `application/x-ndjson` or `application/sql` (415): a page cannot send those without a
+//!   preflight, which fails;
+//! - any request a browser marks `Sec-Fetch-Site: cross-site` or `same-site` (403), except a
+//!   GET that is a top-level navigation (a link the user follows), so a page cannot even make
+//!   the server run a `GET /api/v1/query?sql=…` in the background.
+//!
+//! The wallet routes, download links and short links are outside `/api` and keep their own
+//! credentials (Apple sends `application/json` with `ApplePass`, Google signs its callbacks).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,12 +57,14 @@ pub fn app(
     if let Some(i) = &issuer {
         api = api.merge(passpulse_issuer::http::api_router(i.clone()));
     }
-    let api = api
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(auth_token),
-            require_token,
-        ));
+    let mut api = api.layer(DefaultBodyLimit::max(max_body));
+    if auth_token.is_none() {
+        api = api.layer(middleware::from_fn(refuse_cross_site));
+    }
+    let api = api.layer(middleware::from_fn_with_state(
+        Arc::new(auth_token),
+        require_token,
+    ));
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -93,6 +110,54 @@ async fn require_token(
         );
         r
     }
+}
+
+/// Content types a browser cannot send cross-site without a (failing) CORS preflight.
+const API_CONTENT_TYPES: [&str; 3] = [
+    "application/json",
+    "application/x-ndjson",
+    "application/sql",
+];
+
+/// Without a bearer token: refuses the `/api` requests a web page could make a browser send
+/// (see the module documentation).
+async fn refuse_cross_site(req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let navigation = req.method() == Method::GET && text("sec-fetch-mode") == "navigate";
+    if matches!(text("sec-fetch-site"), "cross-site" | "same-site") && !navigation {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused: the API answers pages of its own origin only (or set an \
+             auth token and send it as `Authorization: Bearer <token>`)",
+        );
+    }
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if writes {
+        let essence = text(header::CONTENT_TYPE.as_str())
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if !API_CONTENT_TYPES.contains(&essence.as_str()) {
+            let given = if essence.is_empty() {
+                "none".to_string()
+            } else {
+                format!("`{essence}`")
+            };
+            return error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Type {given} refused: send `Content-Type: application/x-ndjson` \
+                     (events), `application/json` (passes, queries) or `application/sql` (a \
+                     query as plain SQL); a web page could forge any other type. With an auth \
+                     token configured, any type is accepted"
+                ),
+            );
+        }
+    }
+    next.run(req).await
 }
 
 async fn healthz(State(st): State<AppState>) -> Response {

@@ -29,6 +29,7 @@ async fn serve_supervises_its_own_nats_server_and_stops_it_on_ctrl_c() {
         .join("\n");
     let r = server
         .post("/api/v1/events")
+        .header("content-type", "application/x-ndjson")
         .body(body)
         .send()
         .await

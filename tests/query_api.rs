@@ -103,7 +103,7 @@ async fn post_accepts_json_and_plain_sql() {
     assert_eq!(r.text().await.unwrap().trim(), r#"{"n":250}"#);
     let r = server
         .post("/api/v1/query?format=csv")
-        .header("content-type", "text/plain")
+        .header("content-type", "application/sql")
         .body("SELECT location, count(*) AS n FROM events GROUP BY location ORDER BY location")
         .send()
         .await

@@ -30,6 +30,7 @@ pub struct Config {
     pub query: QuerySection,
     pub ingest: IngestSection,
     pub storage: StorageSection,
+    pub server: ServerSection,
     pub issuer: crate::issuer_setup::IssuerSection,
     pub automation: crate::automation_setup::AutomationSection,
 }
@@ -138,6 +139,32 @@ pub struct IngestSection {
     pub max_line_errors: usize,
 }
 
+/// Limits of the HTTP server's connections (see README "Safety").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Connections served at once; more wait in the kernel's accept queue. Keep it well below
+    /// the process's file-descriptor limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, counted from the connection's opening or
+    /// the end of its previous response: it is also how long an idle connection is kept.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request's whole body must arrive within this, counted from the end of its headers.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -150,6 +177,7 @@ impl Default for Config {
             query: QuerySection::default(),
             ingest: IngestSection::default(),
             storage: StorageSection::default(),
+            server: ServerSection::default(),
             issuer: Default::default(),
             automation: Default::default(),
         }
@@ -264,6 +292,12 @@ impl Config {
         set!(cfg.storage.dedup_window, args.dedup_window);
         if args.retention.is_some() {
             cfg.storage.retention = args.retention;
+        }
+        if cfg.server.max_connections == 0 {
+            anyhow::bail!("server.max_connections must be at least 1");
+        }
+        if cfg.server.header_timeout.is_zero() || cfg.server.body_timeout.is_zero() {
+            anyhow::bail!("server.header_timeout and server.body_timeout must be longer than 0s");
         }
         if cfg.auth_token.as_deref().is_some_and(|t| t.len() < 16) {
             anyhow::bail!(

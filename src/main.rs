@@ -5,6 +5,7 @@ mod admin;
 mod automation_setup;
 mod bench;
 mod config;
+mod connections;
 mod demo;
 mod http;
 mod issue_cmd;

@@ -177,10 +177,17 @@ pub async fn serve(mut cfg: Config) -> Result<()> {
         ))
     });
 
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    crate::connections::serve(
+        listener,
+        router,
+        crate::connections::Limits {
+            max_connections: cfg.server.max_connections,
+            header_timeout: cfg.server.header_timeout,
+            body_timeout: cfg.server.body_timeout,
+        },
+        shutdown_signal(),
+    )
+    .await;
 
     // Each step is bounded, whatever the broker's state: with the broker gone, publishes are
     // not confirmed (and flushing the client would wait for a reconnection forever).

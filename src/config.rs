@@ -99,6 +99,7 @@ impl Config {
             publish_interval: self.ingest.publish_interval,
             dedup_window: s.dedup_window,
             persist,
+            max_future_skew: Some(self.ingest.max_future_skew),
         }
     }
 }
@@ -132,6 +133,10 @@ pub struct IngestSection {
     pub publish_interval: Duration,
     /// Largest `POST /api/v1/events` body, in MiB.
     pub max_body_mb: usize,
+    /// Events whose `ts` is further than this after the broker received them are dead-lettered
+    /// (`invalid_value`): one mis-stamped event cannot move the watermark into the future.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
     /// Broker de-duplication window for `Nats-Msg-Id`.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
@@ -203,6 +208,7 @@ impl Default for IngestSection {
             max_message_bytes: 1 << 20,
             publish_interval: Duration::from_millis(100),
             max_body_mb: 16,
+            max_future_skew: passpulse_engine::DEFAULT_MAX_FUTURE_SKEW,
             duplicate_window: Duration::from_secs(120),
             max_line_errors: 100,
         }
@@ -257,6 +263,9 @@ pub struct ServeArgs {
     /// Remember event ids this long (arrival time) to refuse duplicates, e.g. 24h.
     #[arg(long, env = "PASSPULSE_DEDUP_WINDOW", value_parser = humantime::parse_duration)]
     pub dedup_window: Option<Duration>,
+    /// Dead-letter events stamped further than this after the broker received them, e.g. 1h.
+    #[arg(long, env = "PASSPULSE_MAX_FUTURE_SKEW", value_parser = humantime::parse_duration)]
+    pub max_future_skew: Option<Duration>,
 }
 
 impl Config {
@@ -290,6 +299,7 @@ impl Config {
         set!(cfg.storage.flush_rows, args.flush_rows);
         set!(cfg.storage.flush_interval, args.flush_interval);
         set!(cfg.storage.dedup_window, args.dedup_window);
+        set!(cfg.ingest.max_future_skew, args.max_future_skew);
         if args.retention.is_some() {
             cfg.storage.retention = args.retention;
         }
@@ -335,6 +345,7 @@ mod tests {
             flush_interval: None,
             retention: None,
             dedup_window: None,
+            max_future_skew: None,
         }
     }
 

@@ -40,7 +40,16 @@ pub struct EngineConfig {
     pub dedup_window: Duration,
     /// Parquet persistence and checkpoints; `None` keeps everything in memory.
     pub persist: Option<PersistConfig>,
+    /// Events stamped further than this after the broker received them are refused
+    /// (`invalid_value`), so one mis-stamped event cannot move the watermark (default 1 h; `None`:
+    /// unbounded). See [`DecodedBatch::set_max_future_skew`].
+    pub max_future_skew: Option<Duration>,
 }
+
+/// Default of [`EngineConfig::max_future_skew`]: an hour covers any clock drift of a sane
+/// producer, and bounds how far one event can push the windows ahead of the data (Kafka 4.0
+/// chose the same default for `log.message.timestamp.after.max.ms`).
+pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::from_secs(3600);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -48,6 +57,7 @@ impl Default for EngineConfig {
             publish_interval: Duration::from_millis(100),
             dedup_window: Duration::from_secs(24 * 3600),
             persist: None,
+            max_future_skew: Some(DEFAULT_MAX_FUTURE_SKEW),
         }
     }
 }
@@ -167,6 +177,7 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
                 barrier: None,
                 in_flight: false,
                 last_flush: Instant::now(),
+                postponed_until: None,
             })
         }
     };
@@ -191,11 +202,15 @@ pub fn open_engine(cfg: EngineConfig) -> Result<(EngineWriter, Engine, Resume), 
     Ok((writer, engine, resume))
 }
 
+/// How long a checkpoint the [`FlushBarrier`] refused is put off before it is tried again.
+const FLUSH_RETRY: Duration = Duration::from_secs(1);
+
 /// Called by the writer before it snapshots for a checkpoint; blocks until side effects of the
 /// events applied so far (dead letters) are durable elsewhere, and says whether they are. The
 /// argument is true at shutdown, when the barrier should give up at once if they cannot become
 /// durable (the broker is gone): the final checkpoint is then skipped, and the events after the
-/// previous one are replayed, with their side effects, at the next start.
+/// previous one are replayed, with their side effects, at the next start. At other times a
+/// `false` postpones the checkpoint: the writer keeps the rows and asks again a second later.
 pub type FlushBarrier = Box<dyn Fn(bool) -> bool + Send>;
 
 struct Persist {
@@ -206,6 +221,8 @@ struct Persist {
     barrier: Option<FlushBarrier>,
     in_flight: bool,
     last_flush: Instant,
+    /// The barrier said no: the next flush is not tried before this.
+    postponed_until: Option<Instant>,
 }
 
 /// The single writer of an engine.
@@ -317,7 +334,8 @@ impl EngineWriter {
         let held = self.store.rows();
         let due = held >= p.cfg.flush_rows
             || (held > 0 && p.last_flush.elapsed() >= p.cfg.flush_interval);
-        if due && !p.in_flight {
+        let postponed = p.postponed_until.is_some_and(|t| Instant::now() < t);
+        if due && !p.in_flight && !postponed {
             self.start_flush();
         }
         let Some(p) = self.persist.as_mut() else {
@@ -346,9 +364,16 @@ impl EngineWriter {
         let Some(p) = self.persist.as_mut() else {
             return;
         };
-        if let Some(b) = &p.barrier {
-            b(false);
+        // a checkpoint covers every message applied so far, so it waits until their side
+        // effects (dead letters) are stored; until then the rows stay held, and the stream
+        // keeps them for a replay after a crash
+        if let Some(b) = &p.barrier
+            && !b(false)
+        {
+            p.postponed_until = Some(Instant::now() + FLUSH_RETRY);
+            return;
         }
+        p.postponed_until = None;
         let batches = self.store.take_for_flush();
         let aggs = self.aggs.lock();
         // on this thread, under the lock, so it matches `last_seq` exactly: it stalls ingest
@@ -813,5 +838,45 @@ mod tests {
             "{:?}",
             on_disk.unreferenced
         );
+    }
+    #[test]
+    fn one_event_far_in_the_future_makes_retention_drop_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pc = PersistConfig::new(dir.path());
+        pc.retention = Some(Duration::from_secs(400 * 86_400));
+        pc.delete_grace = Duration::ZERO;
+        let cfg = EngineConfig {
+            persist: Some(pc),
+            ..EngineConfig::default()
+        };
+        let (mut w, e, _) = open_engine(cfg.clone()).unwrap();
+        // 300 days of recent history, then one event stamped 9999-12-31 (decoded here without
+        // an arrival time, as if the future-skew bound were configured off)
+        let now = time::now_millis();
+        let mut b = DecodedBatch::new();
+        for i in 0..300i64 {
+            let line = format!(
+                r#"{{"id":"h{i}","type":"scan","ts":{},"pass":"p","location":"l","device":"d","operator":"o"}}"#,
+                now - i * time::DAY_MS
+            );
+            decode_message(line.as_bytes(), i as u64 + 1, &mut b, |e, _| panic!("{e}"));
+        }
+        let outlier = r#"{"id":"far","type":"scan","ts":"9999-12-31T00:00:00Z","pass":"p","location":"l","device":"d","operator":"o"}"#;
+        decode_message(outlier.as_bytes(), 301, &mut b, |e, _| panic!("{e}"));
+        w.apply(&b);
+        w.close();
+        assert_eq!(
+            e.stats().watermark.as_deref(),
+            Some("9999-12-31T00:00:00.000Z")
+        );
+        assert_eq!(e.persist_metrics().partitions_dropped.load(Relaxed), 0);
+        // what the checkpoint names, as the next start sees it
+        let (w, e, _) = open_engine(cfg).unwrap();
+        assert_eq!(
+            e.hot_snapshot().files.rows(),
+            301,
+            "nothing dropped on the word of one event"
+        );
+        w.close();
     }
 }

@@ -15,7 +15,7 @@ pub mod time;
 
 pub use aggregates::TableName;
 pub use engine::{
-    DiskStats, DistinctStats, Engine, EngineConfig, EngineWriter, FlushBarrier, HotStats,
-    InstallBaseStats, PeakStats, Resume, Stats, new_engine, open_engine,
+    DEFAULT_MAX_FUTURE_SKEW, DiskStats, DistinctStats, Engine, EngineConfig, EngineWriter,
+    FlushBarrier, HotStats, InstallBaseStats, PeakStats, Resume, Stats, new_engine, open_engine,
 };
 pub use event::{DecodedBatch, EventError, EventRef, EventType, Platform, Reason};

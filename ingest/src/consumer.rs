@@ -3,7 +3,9 @@
 //! 1. The receive loop reads the durable pull consumer, checks that deliveries are contiguous
 //!    (consumer sequence), and groups ready messages into chunks.
 //! 2. Chunks are decoded in order — small ones on the pipeline task, large ones on the blocking
-//!    pool two at a time; refused events go to the dead-letter sink.
+//!    pool two at a time. The refused events of a message become one dead letter, handed to the
+//!    dead-letter publisher (waiting while its bounded queue is full) before the message's events
+//!    go on to the writer, so a checkpoint waits for them.
 //! 3. One writer thread applies decoded batches to the engine and publishes them to queries.
 //!
 //! A decode that fails (a panic in the decoder) never skips its messages: the decode stage drops
@@ -42,7 +44,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::bus::BusConfig;
-use crate::deadletter::{DeadLetter, DeadLetterSink};
+use crate::deadletter::{DeadLetter, DeadLetterSink, Rejects};
 use crate::metrics::IngestMetrics;
 
 /// Tuning of the consumer pipeline.
@@ -159,6 +161,7 @@ impl Pipeline {
         opts: ConsumerOptions,
         engine: EngineConfig,
     ) -> Result<Pipeline, PersistError> {
+        let max_future_skew = engine.max_future_skew.map(|d| d.as_millis() as i64);
         let (mut writer, engine, resume) = tokio::task::spawn_blocking(move || open_engine(engine))
             .await
             .expect("engine recovery does not panic")?;
@@ -177,10 +180,14 @@ impl Pipeline {
                     // at shutdown: give up at once if the broker refuses them
                     return sink.wait_drained_or_failing(Duration::from_secs(10));
                 }
-                if !sink.wait_drained(Duration::from_secs(30)) {
-                    warn!("dead letters are still unpublished after 30 s; checkpointing anyway");
+                // a checkpoint must never cover a dead letter the broker does not have: if they
+                // are not all stored within a moment, the writer postpones the checkpoint and
+                // asks again later (consuming goes on meanwhile)
+                let drained = sink.wait_drained(Duration::from_millis(500));
+                if !drained {
+                    warn!("dead letters are not stored yet; the checkpoint waits for them");
                 }
-                true
+                drained
             }));
         }
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -194,6 +201,7 @@ impl Pipeline {
             Position {
                 from_seq: resume.from_seq,
                 shutdown: stop_rx,
+                max_future_skew,
             },
         ));
         Ok(Pipeline {
@@ -226,10 +234,12 @@ impl Pipeline {
     }
 }
 
-/// Where consuming starts, and the signal that stops it.
+/// Where consuming starts, the signal that stops it, and how far ahead of its arrival an event
+/// may be stamped (millis; `None`: unbounded).
 struct Position {
     from_seq: u64,
     shutdown: watch::Receiver<bool>,
+    max_future_skew: Option<i64>,
 }
 
 /// Runs the pipeline until `shutdown` becomes true; then drains, closes the writer and returns.
@@ -245,6 +255,7 @@ async fn run_engine_consumer(
     let Position {
         from_seq,
         mut shutdown,
+        max_future_skew,
     } = position;
     // De-duplication runs as its own ordered stage, beside the writer rather than on it.
     let mut writer = writer;
@@ -279,7 +290,6 @@ async fn run_engine_consumer(
         tokio::spawn(
             tokio_stream::wrappers::ReceiverStream::new(rrx)
                 .map(move |chunk| {
-                    let sink = sink.clone();
                     let metrics = metrics.clone();
                     let (epoch, first_seq) = (chunk.epoch, chunk.msgs.first().map_or(0, |m| m.seq));
                     let fail = move |error: String| DecodeFailure {
@@ -291,12 +301,13 @@ async fn run_engine_consumer(
                     // decode here than to hand to another thread; big ones go to the pool.
                     let bytes: usize = chunk.msgs.iter().map(|m| m.payload.len()).sum();
                     if bytes <= INLINE_DECODE_BYTES {
-                        let r = decode_guarded(chunk.msgs, max, &sink, &metrics).map_err(fail);
+                        let r = decode_guarded(chunk.msgs, max, max_future_skew, &metrics)
+                            .map_err(fail);
                         Either::Left(futures::future::ready((epoch, r)))
                     } else {
                         Either::Right(async move {
                             let r = tokio::task::spawn_blocking(move || {
-                                decode_guarded(chunk.msgs, max, &sink, &metrics)
+                                decode_guarded(chunk.msgs, max, max_future_skew, &metrics)
                             })
                             .await
                             .unwrap_or_else(|e| Err(e.to_string()))
@@ -308,13 +319,14 @@ async fn run_engine_consumer(
                 .buffered(opts.decoders)
                 .for_each(move |(epoch, res)| {
                     let wtx = wtx.clone();
-                    let batch = match res {
+                    let sink = sink.clone();
+                    let decoded = match res {
                         _ if epoch <= dropping => None,
-                        Ok(mut batch) => {
+                        Ok((mut batch, letters)) => {
                             if let Some(d) = dedup.as_mut() {
                                 d.filter(&mut batch);
                             }
-                            Some(batch)
+                            Some((batch, letters))
                         }
                         Err(f) => {
                             dropping = epoch;
@@ -323,7 +335,12 @@ async fn run_engine_consumer(
                         }
                     };
                     async move {
-                        if let Some(batch) = batch {
+                        if let Some((batch, letters)) = decoded {
+                            // handed over before the batch reaches the writer, so the writer's
+                            // next checkpoint waits for them; waits while the queue is full
+                            for d in letters {
+                                sink.send(d).await;
+                            }
                             let _ = wtx.send(WriterMsg::Apply(batch)).await;
                         }
                     }
@@ -523,11 +540,11 @@ async fn receive_loop(
 fn decode_guarded(
     chunk: Vec<RawMsg>,
     max_bytes: usize,
-    sink: &DeadLetterSink,
+    max_future_skew: Option<i64>,
     metrics: &IngestMetrics,
-) -> Result<DecodedBatch, String> {
+) -> Result<(DecodedBatch, Vec<DeadLetter>), String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decode_chunk(chunk, max_bytes, sink, metrics)
+        decode_chunk(chunk, max_bytes, max_future_skew, metrics)
     }))
     .map_err(|p| {
         p.downcast_ref::<&str>()
@@ -544,9 +561,9 @@ static PANIC_ONCE_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 fn decode_chunk(
     chunk: Vec<RawMsg>,
     max_bytes: usize,
-    sink: &DeadLetterSink,
+    max_future_skew: Option<i64>,
     metrics: &IngestMetrics,
-) -> DecodedBatch {
+) -> (DecodedBatch, Vec<DeadLetter>) {
     let mut out = DecodedBatch::with_capacity(chunk.len());
     for m in chunk {
         #[cfg(test)]
@@ -558,26 +575,25 @@ fn decode_chunk(
         }
         out.note_seq(m.seq);
         out.set_arrival(m.arrival);
+/// Decodes the messages of a chunk; returns their events and at most one dead letter per message
+/// (every refused line is counted in `metrics`).
         if m.payload.len() > max_bytes {
-            sink.send(DeadLetter {
-                error: EventError::too_large(m.payload.len(), max_bytes),
-                bytes: m.payload,
-                subject: m.subject.to_string(),
-                seq: m.seq,
+            let error = EventError::too_large(m.payload.len(), max_bytes);
+            metrics.dead_letter(error.reason);
+            rejects.add(error, m.payload.clone());
+        } else {
+            decode_message(&m.payload, m.seq, &mut out, |error, line| {
+                metrics.dead_letter(error.reason);
+                rejects.add(error, m.payload.slice_ref(line));
             });
-            continue;
+    out.set_max_future_skew(max_future_skew);
+    let mut letters = Vec::new();
         }
-        decode_message(&m.payload, m.seq, &mut out, |error, line| {
-            sink.send(DeadLetter {
-                error,
-                bytes: m.payload.slice_ref(line),
-                subject: m.subject.to_string(),
-                seq: m.seq,
-            })
-        });
+        letters.extend(rejects.finish(m.subject.as_str(), m.seq));
+        let mut rejects = Rejects::new(max_bytes);
     }
     metrics.events_decoded.fetch_add(out.len() as u64, Relaxed);
-    out
+    (out, letters)
 }
 
 fn writer_loop(mut writer: EngineWriter, mut rx: mpsc::Receiver<WriterMsg>) {

@@ -12,7 +12,8 @@ pub struct IngestMetrics {
     /// Events accepted by the decoder (before apply).
     pub events_decoded: AtomicU64,
     dead_letters: [AtomicU64; Reason::ALL.len()],
-    /// Dead letters that could not be published to the dead-letter stream after retries.
+    /// Dead letters the dead-letter stream had still not stored after 6 attempts (they are
+    /// retried until stored; checkpoints wait for them).
     pub dead_letter_publish_failures: AtomicU64,
     /// Messages the stream still holds for the consumer (JetStream's `num_pending`).
     pub consumer_lag: AtomicU64,

@@ -55,6 +55,9 @@ pub struct DecodedBatch {
     rows: Vec<Row>,
     /// Arrival time given to the rows decoded next (see [`DecodedBatch::set_arrival`]).
     arrival: i64,
+    /// Furthest an event time may lie after its arrival time, millis (see
+    /// [`DecodedBatch::set_max_future_skew`]); `None`: unbounded.
+    max_future_skew: Option<i64>,
     /// Highest stream sequence of any message decoded into the batch, events or not.
     last_seq: u64,
     /// Set once an upstream de-duplication stage has removed repeated ids: the (minute, hash) of
@@ -102,6 +105,7 @@ impl DecodedBatch {
             arena: String::with_capacity(events * 96),
             rows: Vec::with_capacity(events),
             arrival: 0,
+            max_future_skew: None,
             last_seq: 0,
             new_ids: None,
             duplicates: 0,
@@ -132,6 +136,28 @@ impl DecodedBatch {
     /// the message that carries them.
     pub fn set_arrival(&mut self, millis: i64) {
         self.arrival = millis;
+    }
+
+    /// Refuses (as `invalid_value`) events decoded from now on whose `ts` lies more than
+    /// `millis` after their arrival time: one mis-stamped event must not move the watermark,
+    /// and with it every window and the retention cutoff, into the future. Checked only while an
+    /// arrival time is set (it is for every message read from the stream); `None` turns the
+    /// check off.
+    pub fn set_max_future_skew(&mut self, millis: Option<i64>) {
+        self.max_future_skew = millis;
+    }
+
+    /// Arrival time of the events decoded next (0: unknown).
+    pub(crate) fn arrival(&self) -> i64 {
+        self.arrival
+    }
+
+    /// The latest event time accepted for the events decoded next, if bounded.
+    pub(crate) fn latest_accepted_ts(&self) -> Option<i64> {
+        match (self.arrival, self.max_future_skew) {
+            (a, Some(skew)) if a > 0 => Some(a.saturating_add(skew)),
+            _ => None,
+        }
     }
 
     /// Records that the message with stream sequence `seq` was consumed, even if it yielded no

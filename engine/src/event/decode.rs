@@ -25,6 +25,8 @@ pub const MAX_ID_CHARS: usize = 128;
 pub const MAX_STR_CHARS: usize = 256;
 /// Most keys accepted in `attrs`.
 pub const MAX_ATTRS: usize = 64;
+/// Longest accepted `attrs` key, in characters.
+pub const MAX_ATTR_KEY_CHARS: usize = 64;
 
 /// Decodes one NATS message: a single JSON event or NDJSON lines (blank lines are skipped).
 ///
@@ -393,6 +395,9 @@ fn validate(
                     format!("expected 1 to {MAX_ID_CHARS} characters, got {n}"),
                 ));
             }
+            // the idempotency key is shown, logged and compared: blank or invisible ids (" ",
+            // "\u0000") name nothing a producer can retry by
+            check_visible(index, "id", &s)?;
             s
         }
         Some(v) => return Err(wrong(index, "id", "a string", &v)),
@@ -432,6 +437,23 @@ fn validate(
         Some(Val::UInt(ms)) => check_millis(index, i64::try_from(ms).unwrap_or(i64::MAX))?,
         Some(v) => return Err(wrong(index, "ts", "RFC 3339 or epoch millis", &v)),
     };
+    if let Some(latest) = out.latest_accepted_ts()
+        && ts > latest
+    {
+        let skew = latest - out.arrival();
+        return Err(EventError::field(
+            index,
+            "ts",
+            Reason::InvalidValue,
+            format!(
+                "{} is more than {} after the broker received the event ({}); fix the \
+                 producer's clock, or raise ingest.max_future_skew",
+                time::format_millis(ts),
+                span_text(skew),
+                time::format_millis(out.arrival()),
+            ),
+        ));
+    }
 
     let platform = match raw.vals[K_PLATFORM].take() {
         None | Some(Val::Null) => None,
@@ -540,6 +562,20 @@ fn validate(
                 ));
             }
             for (i, (k, v)) in entries.iter().enumerate() {
+                let n = k.chars().count();
+                if n == 0 || n > MAX_ATTR_KEY_CHARS {
+                    let shown: String = k.chars().take(40).collect();
+                    return Err(EventError::field(
+                        index,
+                        "attrs",
+                        Reason::InvalidValue,
+                        format!(
+                            "keys must be 1 to {MAX_ATTR_KEY_CHARS} characters, got {n} ({shown:?}{})",
+                            if n > 40 { "…" } else { "" }
+                        ),
+                    ));
+                }
+                check_visible(index, "attrs", k)?;
                 if entries[..i].iter().any(|(k2, _)| k2 == k) {
                     return Err(EventError::field(
                         index,
@@ -597,6 +633,40 @@ fn check_millis(index: usize, ms: i64) -> Result<i64, EventError> {
                 time::MAX_MILLIS
             ),
         ))
+    }
+}
+
+/// Refuses text that is blank or holds control characters (names and keys, not free text).
+fn check_visible(index: usize, field: &str, s: &str) -> Result<(), EventError> {
+    if s.trim().is_empty() {
+        return Err(EventError::field(
+            index,
+            field,
+            Reason::InvalidValue,
+            format!("must not be blank, got {:?}", s),
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(EventError::field(
+            index,
+            field,
+            Reason::InvalidValue,
+            format!("must not contain control characters, found {c:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A duration in millis as short text: `1h`, `90min`, `2s`, `250ms`.
+fn span_text(ms: i64) -> String {
+    const H: i64 = 3_600_000;
+    match ms {
+        ms if ms >= H && ms % H == 0 => format!("{}h", ms / H),
+        ms if ms >= time::MINUTE_MS && ms % time::MINUTE_MS == 0 => {
+            format!("{}min", ms / time::MINUTE_MS)
+        }
+        ms if ms >= 1000 && ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
     }
 }
 
@@ -844,5 +914,84 @@ mod tests {
         decode_message(b"  \n ", 1, &mut b, |e, _| bad.push(e));
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].reason, Reason::BadJson);
+    }
+    fn decode_at(arrival: i64, skew: Option<i64>, line: &str) -> Result<(), EventError> {
+        let mut b = DecodedBatch::new();
+        b.set_arrival(arrival);
+        b.set_max_future_skew(skew);
+        decode_line(line.as_bytes(), 1, 1, &mut b).map(|_| ())
+    }
+
+    #[test]
+    fn an_event_time_too_far_after_its_arrival_is_refused() {
+        const HOUR: i64 = 3_600_000;
+        let arrival = 1_795_515_300_000; // 2026-11-24T10:15:00Z
+        let at = |ts: &str| format!(r#"{{"id":"e","type":"pass.updated","ts":{ts},"pass":"p"}}"#);
+        // within the skew, and any time in the past: accepted
+        assert!(decode_at(arrival, Some(HOUR), &at(&(arrival + HOUR).to_string())).is_ok());
+        assert!(decode_at(arrival, Some(HOUR), &at("1")).is_ok());
+        // the outlier of issue 17: year 9999, valid as a time, refused as an event time
+        for ts in [
+            (arrival + HOUR + 1).to_string(),
+            "\"9999-12-31T00:00:00Z\"".to_string(),
+        ] {
+            let e = decode_at(arrival, Some(HOUR), &at(&ts)).unwrap_err();
+            assert_eq!(e.reason, Reason::InvalidValue, "{e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("event 1: field \"ts\": "), "{msg}");
+            assert!(
+                msg.contains(
+                    "is more than 1h after the broker received the event (2026-11-24T10:15:00.000Z)"
+                ),
+                "{msg}"
+            );
+            assert!(msg.contains("ingest.max_future_skew"), "{msg}");
+        }
+        // no arrival time (a line checked before it is published) or no bound: not checked here
+        assert!(decode_at(0, Some(HOUR), &at("\"9999-12-31T00:00:00Z\"")).is_ok());
+        assert!(decode_at(arrival, None, &at("\"9999-12-31T00:00:00Z\"")).is_ok());
+    }
+
+    #[test]
+    fn blank_and_invisible_ids_are_refused() {
+        for id in [" ", "\\u0000", "\\t\\n", "a\\u0007b", "\\u001b[31m"] {
+            let e = err(&format!(
+                r#"{{"id":"{id}","type":"pass.updated","ts":1,"pass":"p"}}"#
+            ));
+            assert_eq!(e.reason, Reason::InvalidValue, "{id}: {e}");
+            assert!(e.to_string().contains("field \"id\""), "{id}: {e}");
+        }
+        // ordinary ids, also with spaces and non-ASCII letters inside, stay fine
+        for id in ["e-1", "a b", "café:42"] {
+            assert!(
+                one(&format!(
+                    r#"{{"id":"{id}","type":"pass.updated","ts":1,"pass":"p"}}"#
+                ))
+                .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn attrs_keys_are_bounded() {
+        let with_key = |k: &str| {
+            format!(r#"{{"id":"e","type":"pass.updated","ts":1,"pass":"p","attrs":{{"{k}":1}}}}"#)
+        };
+        assert!(one(&with_key(&"k".repeat(MAX_ATTR_KEY_CHARS))).is_ok());
+        for k in [
+            "k".repeat(MAX_ATTR_KEY_CHARS + 1),
+            "k".repeat(1 << 20),
+            String::new(),
+            " ".into(),
+            "a\\nb".into(),
+        ] {
+            let e = err(&with_key(&k));
+            assert_eq!(e.reason, Reason::InvalidValue, "{e}");
+            assert!(e.to_string().contains("field \"attrs\""), "{e}");
+            assert!(
+                e.to_string().len() < 300,
+                "the error does not echo the key: {e}"
+            );
+        }
     }
 }

@@ -389,7 +389,12 @@ impl State {
         let (Some(keep), Some(wm)) = (self.cfg.retention, self.current.watermark) else {
             return Ok(false);
         };
-        let cutoff = wm - keep.as_millis() as i64;
+        // Retention is measured back from the watermark (so a backfill of old history is not
+        // dropped as it arrives), but never from later than the wall clock: the watermark is
+        // the word of the newest event alone, and one mis-stamped event must not make every
+        // partition look expired. (The decoder already refuses events far ahead of their
+        // arrival; this holds even when that bound is configured off.)
+        let cutoff = wm.min(time::now_millis()) - keep.as_millis() as i64;
         let expired = |f: &DataFile| (f.day as i64 + 1) * time::DAY_MS <= cutoff;
         let dropped: HashSet<i32> = self
             .current

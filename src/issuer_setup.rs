@@ -12,7 +12,7 @@ use passpulse_issuer::google::ServiceAccount;
 use passpulse_issuer::google_api::{self, GoogleApi};
 use passpulse_issuer::google_callback::RootKeys;
 use passpulse_issuer::push::{ApnsAuth, ApnsSender, PushSender, Unconfigured};
-use passpulse_issuer::service::GoogleSettings;
+use passpulse_issuer::service::{GoogleSettings, WalletLimits};
 use passpulse_issuer::{IssuerConfig, Template};
 use serde::Deserialize;
 
@@ -51,6 +51,12 @@ pub struct IssuerSection {
     pub apns_sandbox: bool,
     /// Pushes in flight at once.
     pub push_concurrency: usize,
+    /// Apple devices one pass may be registered on at once (PassKit web service).
+    pub max_devices_per_pass: usize,
+    /// Device registration requests per pass per minute (0: unlimited).
+    pub registrations_per_minute: u32,
+    /// `POST /wallet/v1/log` messages written to the server log per minute (0: unlimited).
+    pub device_log_per_minute: u32,
     /// Google Wallet: service-account key file (JSON), issuer id, loyalty class, origins.
     pub google_service_account: Option<PathBuf>,
     pub google_issuer_id: Option<String>,
@@ -84,6 +90,9 @@ impl Default for IssuerSection {
             apns_team_id: None,
             apns_sandbox: false,
             push_concurrency: 256,
+            max_devices_per_pass: WalletLimits::default().max_devices_per_pass,
+            registrations_per_minute: WalletLimits::default().registrations_per_minute,
+            device_log_per_minute: WalletLimits::default().log_messages_per_minute,
             google_service_account: None,
             google_issuer_id: None,
             google_class: "loyalty".into(),
@@ -205,6 +214,11 @@ pub fn build(
         link_ttl: s.link_ttl,
         push_concurrency: s.push_concurrency.max(1),
         google: google(s)?,
+        wallet_limits: WalletLimits {
+            max_devices_per_pass: s.max_devices_per_pass,
+            registrations_per_minute: s.registrations_per_minute,
+            log_messages_per_minute: s.device_log_per_minute,
+        },
     };
     Ok((cfg, push_sender(s)?))
 }

@@ -401,7 +401,7 @@ async fn flows_deliver_link_update_confirm_and_segment() {
             s.base
         ))
         .header("authorization", format!("ApplePass {auth}"))
-        .json(&json!({"pushToken": "push-token-1"}))
+        .json(&json!({"pushToken": "0a".repeat(32)}))
         .send()
         .await
         .unwrap();

@@ -5,9 +5,11 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Nats, Server, eventually, pass_json};
+use common::{BIN, Nats, Server, eventually, pass_json};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "passkit-test-bearer-token-0123";
@@ -78,7 +80,7 @@ async fn the_passkit_flow_over_http_becomes_counted_events() {
         |r: reqwest::RequestBuilder, t: &str| r.header("Authorization", format!("ApplePass {t}"));
     let register = |t: String| {
         apple(http.post(&reg_url), &t)
-            .json(&json!({"pushToken": "push-token-1"}))
+            .json(&json!({"pushToken": "0a".repeat(32)}))
             .send()
     };
     assert_eq!(register(auth.clone()).await.unwrap().status(), 201, "new");
@@ -94,7 +96,7 @@ async fn the_passkit_flow_over_http_becomes_counted_events() {
     );
     let no_auth = http
         .post(&reg_url)
-        .json(&json!({"pushToken": "p"}))
+        .json(&json!({"pushToken": "0a".repeat(32)}))
         .send()
         .await
         .unwrap();
@@ -210,5 +212,199 @@ async fn the_passkit_flow_over_http_becomes_counted_events() {
     assert_eq!(
         installed,
         vec![json!({"pass": serial, "device": "DEV1", "platform": "apple", "source": "email"})]
+    );
+}
+
+/// Issues a loyalty pass through the API of `s` (waiting for the issuer to open); returns its
+/// serial and its `ApplePass` token (read from the .pkpass, as anyone holding it can).
+async fn issue_pass(s: &Server) -> (String, String) {
+    let body = json!({
+        "program": "loyalty", "customer": "C1",
+        "attributes": {"first_name": "Ada", "points": 1, "tier": "Silver",
+                       "programme_name": "Pulse Rewards", "organization": "Pulse Coffee"},
+    });
+    let r = eventually(Duration::from_secs(20), "issuer ready", || async {
+        let r = s.post("/api/v1/passes").json(&body).send().await.unwrap();
+        (r.status() != 503).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status(), 201);
+    let issued: Value = r.json().await.unwrap();
+    let link = issued["download_url"].as_str().unwrap();
+    let pkpass = reqwest::get(link).await.unwrap().bytes().await.unwrap();
+    let pass = pass_json(&pkpass);
+    (
+        issued["serial"].as_str().unwrap().to_string(),
+        pass["authenticationToken"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_holder_cannot_register_devices_without_end() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("passpulse.toml");
+    std::fs::write(
+        &config,
+        "[issuer]\nmax_devices_per_pass = 3\nregistrations_per_minute = 6\n",
+    )
+    .unwrap();
+    let s = Server::start(
+        Some(&nats),
+        &["--auth-token", TOKEN, "--config", config.to_str().unwrap()],
+    )
+    .await;
+    let (serial, auth) = issue_pass(&s).await;
+    let http = reqwest::Client::new();
+    let url = |device: &str| {
+        format!(
+            "{}/wallet/v1/devices/{device}/registrations/{PASS_TYPE}/{serial}",
+            s.base
+        )
+    };
+    let register = |device: &str, push: &str| {
+        http.post(url(device))
+            .header("Authorization", format!("ApplePass {auth}"))
+            .json(&json!({ "pushToken": push }))
+            .send()
+    };
+    let token = |n: u8| format!("{n:02x}").repeat(32);
+
+    // push tokens are APNs device tokens: anything else is refused, and costs no budget
+    for bad in [
+        "../../x\r\nHost: evil",
+        "push-token-1",
+        "0a0a",
+        &"zz".repeat(32),
+    ] {
+        let r = register("D1", bad).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad:?}");
+        assert!(r.text().await.unwrap().contains("64 to 200 hex digits"));
+    }
+    // three devices, then the cap
+    for d in 1..=3 {
+        let r = register(&format!("D{d}"), &token(d)).await.unwrap();
+        assert_eq!(r.status(), 201, "D{d}");
+    }
+    let r = register("D4", &token(4)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("registered on 3 devices"));
+    // a registered device may refresh its token; a freed place can be taken
+    assert_eq!(register("D1", &token(11)).await.unwrap().status(), 200);
+    let r = http
+        .delete(url("D3"))
+        .header("Authorization", format!("ApplePass {auth}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(register("D4", &token(4)).await.unwrap().status(), 201);
+    // six requests a minute per pass: the flood of the report gets 429 with Retry-After
+    let mut statuses = BTreeMap::new();
+    let mut retry_after = None;
+    for d in 0..300u32 {
+        let r = register(&format!("X{d}"), &token((d % 200) as u8))
+            .await
+            .unwrap();
+        *statuses.entry(r.status().as_u16()).or_insert(0) += 1;
+        if r.status() == 429 {
+            retry_after = r.headers().get("retry-after").cloned();
+        }
+    }
+    assert_eq!(statuses, BTreeMap::from([(429, 300)]), "{statuses:?}");
+    let wait: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+
+    // the install base of the pass: the three devices still registered
+    let meta = s.get_json(&format!("/api/v1/passes/{serial}")).await;
+    let devices: Vec<&str> = meta["registrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices.len(), 3, "{devices:?}");
+    let installs = eventually(Duration::from_secs(20), "install events", || async {
+        let n = s
+            .scalar("SELECT count(*) AS n FROM events WHERE type = 'pass.installed'")
+            .await;
+        (n >= 4).then_some(n)
+    })
+    .await;
+    assert_eq!(installs, 4, "D1, D2, D3 and D4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_log_messages_cannot_forge_log_lines() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("serve.log");
+    let port = passpulse_ingest::nats_server::free_port().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--http", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--nats-url", &nats.url])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/wallet/v1/log");
+    let http = reqwest::Client::new();
+    let forged = "2026-12-02T10:00:00.000000Z ERROR passpulse: forged line";
+    let mut logs = vec![
+        format!("pass check failed\n{forged}"),
+        "\r\u{1b}[2Khidden by the terminal".to_string(),
+        "y".repeat(20_000),
+    ];
+    logs.extend((0..40).map(|i| format!("message {i}")));
+    let r = eventually(Duration::from_secs(30), "the log endpoint", || async {
+        let r = http
+            .post(&url)
+            .json(&json!({ "logs": logs }))
+            .send()
+            .await
+            .ok()?;
+        (r.status() != 503).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status(), 200);
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let device_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("wallet device log"))
+        .collect();
+    assert!(
+        !log.lines().any(|l| l.starts_with(forged)),
+        "a forged line: {log}"
+    );
+    assert!(!log.contains('\u{1b}'), "a raw terminal escape: {log:?}");
+    assert!(
+        device_lines[0].contains(r#"pass check failed\n2026-12-02T10:00:00.000000Z ERROR"#),
+        "{}",
+        device_lines[0]
+    );
+    assert!(
+        device_lines[1].contains(r#"\r\u{1b}[2Khidden"#),
+        "{}",
+        device_lines[1]
+    );
+    assert!(
+        device_lines.iter().all(|l| l.len() < 1_000),
+        "each message is cut"
+    );
+    // 20 messages of the request are written; the rest only counted
+    assert_eq!(device_lines.len(), 21, "{device_lines:#?}");
+    assert!(
+        device_lines[20].contains("skipped=23"),
+        "{}",
+        device_lines[20]
     );
 }

@@ -33,13 +33,21 @@ impl IntoResponse for IssueError {
             IssueError::BadRequest(_) => StatusCode::BAD_REQUEST,
             IssueError::NotFound(_) => StatusCode::NOT_FOUND,
             IssueError::Unauthorized => StatusCode::UNAUTHORIZED,
+            IssueError::Forbidden(_) => StatusCode::FORBIDDEN,
+            IssueError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             IssueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             IssueError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "issuer");
         }
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let mut r = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if let IssueError::TooManyRequests(_, wait) = &self
+            && let Ok(v) = header::HeaderValue::from_str(&wait.to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
     }
 }
 
@@ -309,15 +317,9 @@ struct LogBody {
     logs: Vec<String>,
 }
 
-async fn log(body: Bytes) -> Response {
-    match serde_json::from_slice::<LogBody>(&body) {
-        Ok(b) => {
-            for m in b.logs.iter().take(100) {
-                let m: String = m.chars().take(1000).collect();
-                tracing::info!(message = %m, "wallet device log");
-            }
-            StatusCode::OK.into_response()
-        }
-        Err(e) => IssueError::BadRequest(format!("body: {e}")).into_response(),
-    }
+async fn log(State(slot): State<IssuerSlot>, body: Bytes) -> Result<Response, IssueError> {
+    let iss = slot.ready()?;
+    let b: LogBody = parse_json(&body)?;
+    iss.device_log(&b.logs);
+    Ok(StatusCode::OK.into_response())
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod pkpass;
 pub mod push;
+mod rate_limit;
 pub mod registry;
 pub mod service;
 pub mod template;

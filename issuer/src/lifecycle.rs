@@ -5,6 +5,7 @@
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use passpulse_engine::EventType;
+use passpulse_engine::event::{MAX_ID_CHARS, MAX_STR_CHARS};
 use passpulse_ingest::BusConfig;
 use serde_json::{Map, Value, json};
 
@@ -31,18 +32,33 @@ pub struct Event {
     fields: Map<String, Value>,
 }
 
+/// `id` as a valid v1 id: unchanged if it fits in [`MAX_ID_CHARS`], else its start and a hash of
+/// the whole (ids built from client-chosen parts, such as a 128-character device id, can be
+/// longer; the same parts still give the same id).
+fn bounded_id(id: String) -> String {
+    if id.chars().count() <= MAX_ID_CHARS {
+        return id;
+    }
+    let d = openssl::sha::sha256(id.as_bytes());
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    let start: String = id.chars().take(MAX_ID_CHARS - hex.len() - 1).collect();
+    format!("{start}~{hex}")
+}
+
 impl Event {
     pub fn new(kind: EventType, id: String, ts_ms: i64) -> Event {
         let mut fields = Map::new();
-        fields.insert("id".into(), json!(id));
+        fields.insert("id".into(), json!(bounded_id(id)));
         fields.insert("type".into(), json!(kind.as_str()));
         fields.insert("ts".into(), json!(ts_ms));
         Event { kind, fields }
     }
 
-    /// Adds a string field when `value` is present and non-empty.
+    /// Adds a string field when `value` is present and non-empty, cut to the v1 limit of
+    /// [`MAX_STR_CHARS`] (a long error text in `result` must not get the event refused).
     pub fn with(mut self, key: &str, value: Option<&str>) -> Event {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
+            let v: String = v.chars().take(MAX_STR_CHARS).collect();
             self.fields.insert(key.into(), json!(v));
         }
         self
@@ -58,7 +74,7 @@ impl Event {
 
     /// Replaces the id.
     pub fn with_id(mut self, id: String) -> Event {
-        self.fields.insert("id".into(), json!(id));
+        self.fields.insert("id".into(), json!(bounded_id(id)));
         self
     }
 
@@ -125,5 +141,30 @@ mod tests {
         assert_eq!(kind, EventType::PassInstalled);
         assert_eq!(b.get(0).device, Some("D1"));
         assert_eq!(b.get(0).source, None);
+    }
+
+    #[test]
+    fn ids_and_values_from_long_client_parts_stay_valid() {
+        let device = "D".repeat(128);
+        let id = format!(
+            "pass.uninstalled-{}-{device}-1790000000000",
+            "S".repeat(128)
+        );
+        let e = Event::new(EventType::PassUninstalled, id.clone(), 1_790_000_000_000)
+            .with("pass", Some("S1"))
+            .with("device", Some(&device))
+            .with("platform", Some("apple"));
+        let again = Event::new(EventType::PassUninstalled, id, 1);
+        assert_eq!(e.id(), again.id(), "the same parts give the same id");
+        assert!(e.id().chars().count() <= MAX_ID_CHARS);
+        let long = Event::new(EventType::PushFailed, "f".into(), 1)
+            .with("pass", Some("S1"))
+            .with("device", Some("D1"))
+            .with("result", Some(&"an error ".repeat(100)));
+        for e in [e, long] {
+            let mut b = passpulse_engine::DecodedBatch::new();
+            passpulse_engine::event::decode_line(e.to_json().as_bytes(), 1, 1, &mut b)
+                .expect("a valid v1 event");
+        }
     }
 }

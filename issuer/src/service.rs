@@ -20,6 +20,7 @@ use crate::google_callback::{self, CallbackError, RootKeys};
 use crate::lifecycle::{Event, Lifecycle};
 use crate::pkpass::{PassRequest, build_pkpass, new_auth_token, pass_json};
 use crate::push::{PushOutcome, PushSender, fan_out};
+use crate::rate_limit::RateLimiter;
 use crate::registry::{PassRecord, Registration, Registry, RegistryError, valid_id};
 use crate::{SigningIdentity, Template};
 
@@ -61,7 +62,41 @@ pub struct IssuerConfig {
     /// Pushes in flight at once during a fan-out.
     pub push_concurrency: usize,
     pub google: Option<GoogleSettings>,
+    /// What one holder of a pass may make the PassKit web service do.
+    pub wallet_limits: WalletLimits,
 }
+
+/// Limits of the PassKit web service. A pass's authentication token is inside its `.pkpass`,
+/// so anyone holding the file can call the service as that pass: these bound what they can make
+/// us store and log.
+#[derive(Debug, Clone)]
+pub struct WalletLimits {
+    /// Apple devices registered for one pass at once; a new device beyond is refused (403)
+    /// until one unregisters. Re-registering a device already registered is always allowed.
+    pub max_devices_per_pass: usize,
+    /// Registration requests per pass per minute, in bursts of up to as many; beyond, 429 with
+    /// `Retry-After`. 0: unlimited.
+    pub registrations_per_minute: u32,
+    /// Device log messages written to the server log per minute, all devices together; the
+    /// rest are counted in one line. 0: unlimited.
+    pub log_messages_per_minute: u32,
+}
+
+impl Default for WalletLimits {
+    fn default() -> Self {
+        WalletLimits {
+            // an iPhone and an Apple Watch, a second phone, a family's devices: a handful
+            max_devices_per_pass: 10,
+            registrations_per_minute: 10,
+            log_messages_per_minute: 120,
+        }
+    }
+}
+
+/// Most messages of one `POST /wallet/v1/log` request that are logged, and their most
+/// characters each.
+pub const LOG_MESSAGES_PER_REQUEST: usize = 20;
+pub const LOG_MESSAGE_CHARS: usize = 512;
 
 impl IssuerConfig {
     /// Settings around a development signing chain (not trusted by Apple devices) and a random
@@ -85,6 +120,7 @@ impl IssuerConfig {
             link_ttl: Duration::from_secs(7 * 86_400),
             push_concurrency: 256,
             google: None,
+            wallet_limits: WalletLimits::default(),
         })
     }
 }
@@ -97,6 +133,11 @@ pub enum IssueError {
     NotFound(String),
     #[error("not authorized")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a rate limit: retry after that many seconds.
+    #[error("{0}")]
+    TooManyRequests(String, u64),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -167,6 +208,11 @@ struct Inner {
     registry: Registry,
     bus: Lifecycle,
     push: Arc<dyn PushSender>,
+    registrations: RateLimiter,
+    device_log: RateLimiter,
+    /// Held while a new device registration is checked against the cap and stored, so that
+    /// concurrent registrations cannot overshoot it.
+    new_registration: tokio::sync::Mutex<()>,
 }
 
 pub fn now_ms() -> i64 {
@@ -226,12 +272,18 @@ impl Issuer {
         bus: Lifecycle,
         push: Arc<dyn PushSender>,
     ) -> Issuer {
+        let limits = &cfg.wallet_limits;
+        let registrations = RateLimiter::new(limits.registrations_per_minute);
+        let device_log = RateLimiter::new(limits.log_messages_per_minute);
         Issuer {
             inner: Arc::new(Inner {
                 cfg,
                 registry,
                 bus,
                 push,
+                registrations,
+                device_log,
+                new_registration: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -586,7 +638,7 @@ impl Issuer {
             .strip_prefix(&format!("{}.", g.issuer_id))
             .and_then(|serial| self.inner.registry.pass(serial))
         else {
-            tracing::warn!(object = %m.object_id, "Google callback for an object we did not issue");
+            tracing::warn!(object = ?m.object_id, "Google callback for an object we did not issue");
             return Ok("unknown object");
         };
         // objects of every Google type share one id space per issuer, so the object id alone
@@ -594,7 +646,7 @@ impl Issuer {
         if let Some(Ok(o)) = self.google_object(&p)
             && o.object["classId"] != m.class_id.as_str()
         {
-            tracing::warn!(object = %m.object_id, class = %m.class_id, expected = %o.object["classId"],
+            tracing::warn!(object = ?m.object_id, class = ?m.class_id, expected = %o.object["classId"],
                 "Google callback names another class than the pass's template");
         }
         if !self.inner.registry.first_nonce(&m.nonce).await? {
@@ -618,7 +670,7 @@ impl Issuer {
                 .await?;
         }
         // the nonce names the callback: a retry the nonce store missed is still one event
-        let e = wallet_event(kind, &p, GOOGLE_DEVICE, now).with_id(format!("google-{}", m.nonce));
+        let e = wallet_event(kind, &p, GOOGLE_DEVICE, now).with_id(google_event_id(&m.nonce));
         self.inner
             .bus
             .emit(&e)
@@ -724,10 +776,34 @@ impl Issuer {
                 "deviceLibraryIdentifier must be 1–128 of [A-Za-z0-9_-]".into(),
             ));
         }
-        if push_token.is_empty() || push_token.len() > 512 {
-            return Err(IssueError::BadRequest(
-                "pushToken must be 1–512 characters".into(),
-            ));
+        if !valid_push_token(push_token) {
+            return Err(IssueError::BadRequest(format!(
+                "pushToken must be an APNs device token: 64 to {MAX_PUSH_TOKEN_CHARS} hex digits"
+            )));
+        }
+        let limits = &self.inner.cfg.wallet_limits;
+        self.inner.registrations.take(serial).map_err(|wait| {
+            IssueError::TooManyRequests(
+                format!(
+                    "too many registrations for this pass (at most {} a minute); retry in {wait} s",
+                    limits.registrations_per_minute
+                ),
+                wait,
+            )
+        })?;
+        let one_at_a_time = self.inner.new_registration.lock().await;
+        let regs = self.inner.registry.registrations(serial);
+        let known = regs.iter().any(|r| r.device == device);
+        let devices = regs.iter().filter(|r| r.platform == "apple").count();
+        if !known && devices >= limits.max_devices_per_pass {
+            tracing::warn!(
+                pass = serial,
+                devices,
+                "device registration refused: the pass has the most devices allowed"
+            );
+            return Err(IssueError::Forbidden(format!(
+                "this pass is registered on {devices} devices, the most allowed; unregister one first"
+            )));
         }
         let now = now_ms();
         let new = self
@@ -741,12 +817,34 @@ impl Issuer {
                 registered_at: now,
             })
             .await?;
+        drop(one_at_a_time);
         if new {
             let e = wallet_event(EventType::PassInstalled, &p, device, now)
                 .with("source", p.source.as_deref());
             self.inner.bus.emit_logged(&e).await;
         }
         Ok(new)
+    }
+
+    /// Apple's `log` endpoint: writes what devices report into the server log, each message
+    /// escaped (a line break or a terminal escape in it cannot forge or hide a log line) and cut
+    /// to [`LOG_MESSAGE_CHARS`], at most [`LOG_MESSAGES_PER_REQUEST`] per request and
+    /// `log_messages_per_minute` in all; the rest are counted, not written.
+    pub fn device_log(&self, messages: &[String]) {
+        let mut skipped = messages.len().saturating_sub(LOG_MESSAGES_PER_REQUEST);
+        for m in messages.iter().take(LOG_MESSAGES_PER_REQUEST) {
+            if self.inner.device_log.take("log").is_err() {
+                skipped += 1;
+                continue;
+            }
+            tracing::info!(text = %log_text(m), "wallet device log");
+        }
+        if skipped > 0 {
+            tracing::info!(
+                skipped,
+                "wallet device log: messages over the limits not written"
+            );
+        }
     }
 
     /// PassKit unregister. Emits `pass.uninstalled` if there was a registration.
@@ -779,6 +877,41 @@ impl Issuer {
         let e = device_event(EventType::PassFetched, id, p, &device, now);
         self.inner.bus.emit_logged(&e).await;
         Ok(bytes)
+    }
+}
+
+/// Longest APNs device token accepted. Tokens are 32 bytes (64 hex digits) today; Apple says not
+/// to rely on their length, so somewhat longer ones are accepted too.
+pub const MAX_PUSH_TOKEN_CHARS: usize = 200;
+
+/// An APNs device token: hex digits, an even number of them, 64 to [`MAX_PUSH_TOKEN_CHARS`]. It
+/// goes into the path of the push request, so nothing else may pass.
+fn valid_push_token(t: &str) -> bool {
+    (64..=MAX_PUSH_TOKEN_CHARS).contains(&t.len())
+        && t.len().is_multiple_of(2)
+        && t.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A device's log message as it is written to the server log: cut to [`LOG_MESSAGE_CHARS`] and
+/// quoted with every control character escaped.
+fn log_text(m: &str) -> String {
+    let mut cut: String = m.chars().take(LOG_MESSAGE_CHARS).collect();
+    if cut.len() < m.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
+}
+
+/// The event id of a Google callback: named by its nonce (a retry the nonce store missed is
+/// still one event), hashed when the nonce is not a short plain token, so the id is always a
+/// valid v1 id whatever Google (or a forger with a key) sends.
+fn google_event_id(nonce: &str) -> String {
+    if valid_id(nonce) && nonce.len() <= 64 {
+        format!("google-{nonce}")
+    } else {
+        let d = openssl::sha::sha256(nonce.as_bytes());
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        format!("google-h-{hex}")
     }
 }
 
@@ -853,6 +986,73 @@ mod tests {
         ));
         b.insert("note".into(), Value::from("fits"));
         assert!(check_attributes(&b).is_ok());
+    }
+
+    #[test]
+    fn push_tokens_are_apns_device_tokens() {
+        assert!(valid_push_token(&"0a".repeat(32)));
+        assert!(valid_push_token(&"AB".repeat(40)));
+        for bad in [
+            "push-token-1".to_string(),
+            "../../x\r\nHost: evil".to_string(),
+            "0".repeat(63),
+            "0".repeat(65),
+            "g".repeat(64),
+            "0".repeat(MAX_PUSH_TOKEN_CHARS + 2),
+            String::new(),
+        ] {
+            assert!(!valid_push_token(&bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn device_log_text_is_escaped_and_bounded() {
+        let forged = "ok\n2026-12-02T10:00:00.000000Z ERROR passpulse: forged\r\x1b[2K";
+        let t = log_text(forged);
+        assert!(!t.contains(['\n', '\r', '\x1b']), "{t}");
+        assert!(t.contains("ok\\n2026"), "{t}");
+        let long = log_text(&"y".repeat(100_000));
+        assert_eq!(
+            long.chars().count(),
+            LOG_MESSAGE_CHARS + 3,
+            "quotes and the ellipsis"
+        );
+    }
+
+    #[test]
+    fn google_event_ids_are_valid_whatever_the_nonce() {
+        let p = PassRecord {
+            serial: "S1".into(),
+            program: "loyalty".into(),
+            customer: "C1".into(),
+            attributes: Map::new(),
+            auth_token: "t".repeat(32),
+            update_tag: 1,
+            created_at: 1,
+            source: None,
+            campaign: None,
+        };
+        let uuid = "2f0b6c1e-6a8e-4c55-9c1b-0d8e7f6a5b4c";
+        assert_eq!(google_event_id(uuid), format!("google-{uuid}"));
+        for nonce in [
+            uuid.to_string(),
+            "n".repeat(122),
+            "x".repeat(10_000),
+            "a b\u{0}".into(),
+            String::new(),
+        ] {
+            let e = wallet_event(
+                EventType::PassInstalled,
+                &p,
+                GOOGLE_DEVICE,
+                1_790_000_000_000,
+            )
+            .with_id(google_event_id(&nonce));
+            let mut b = passpulse_engine::DecodedBatch::new();
+            passpulse_engine::event::decode_line(e.to_json().as_bytes(), 1, 1, &mut b)
+                .unwrap_or_else(|err| panic!("nonce of {} chars: {err}", nonce.len()));
+            assert_eq!(google_event_id(&nonce), google_event_id(&nonce), "stable");
+        }
     }
 
     #[test]

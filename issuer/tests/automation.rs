@@ -21,6 +21,11 @@ use passpulse_issuer::registry::Registry;
 use passpulse_issuer::{Issuer, IssuerConfig, Template};
 use serde_json::json;
 
+/// APNs device tokens of the test devices (64 hex digits, as the PassKit web service requires).
+const TA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const TB: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const TC: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
 const PASS_TYPE: &str = "pass.test.automation";
 
 const FLOWS: &str = r#"
@@ -119,7 +124,7 @@ async fn points_push_to_every_device_and_duplicates_change_nothing() {
         "one message"
     );
 
-    for (device, token) in [("DA", "ta"), ("DB", "tb"), ("DC", "tc")] {
+    for (device, token) in [("DA", TA), ("DB", TB), ("DC", TC)] {
         assert!(
             rig.issuer
                 .register(device, &serial, &pass.auth_token, token)
@@ -132,11 +137,7 @@ async fn points_push_to_every_device_and_duplicates_change_nothing() {
     rig.handle(std::slice::from_ref(&update)).await;
     let mut sent: Vec<String> = fake.sent().into_iter().map(|(t, _)| t).collect();
     sent.sort();
-    assert_eq!(
-        sent,
-        ["ta", "tb", "tc"],
-        "every registered device is pushed"
-    );
+    assert_eq!(sent, [TA, TB, TC], "every registered device is pushed");
     assert!(fake.sent().iter().all(|(_, topic)| topic == PASS_TYPE));
     // what the PassKit web service serves now
     let latest = rig.issuer.pass(&serial).unwrap();

@@ -16,6 +16,11 @@ use passpulse_issuer::service::NewPass;
 use passpulse_issuer::{Issuer, IssuerConfig, Template};
 use serde_json::json;
 
+/// APNs device tokens of the test devices (64 hex digits, as the PassKit web service requires).
+const TA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const TB: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const TC: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
 const PASS_TYPE: &str = "pass.test.updates";
 
 /// A real nats-server, the event stream, the registry and an issuer using `push`.
@@ -100,7 +105,7 @@ async fn an_update_pushes_to_every_device_and_applies_the_410_rule() {
     let issued = rig.loyalty("C9").await;
     let serial = issued.serial;
     let token = issuer.pass(&serial).unwrap().auth_token;
-    for (device, push) in [("DA", "ta"), ("DB", "tb"), ("DC", "tc")] {
+    for (device, push) in [("DA", TA), ("DB", TB), ("DC", TC)] {
         assert!(
             issuer
                 .register(device, &serial, &token, push)
@@ -109,20 +114,20 @@ async fn an_update_pushes_to_every_device_and_applies_the_410_rule() {
         );
     }
     assert!(
-        !issuer.register("DA", &serial, &token, "ta").await.unwrap(),
+        !issuer.register("DA", &serial, &token, TA).await.unwrap(),
         "re-registering is not new"
     );
     let at = |d: &str| registry.registration(&serial, d).unwrap().registered_at;
     // DB's token died after it registered: drop it. DC registered after its token's 410 time
     // (the device re-registered with a fresh token since): keep it.
     fake.answer(
-        "tb",
+        TB,
         PushOutcome::Gone {
             timestamp: Some(at("DB") + 1_000),
         },
     );
     fake.answer(
-        "tc",
+        TC,
         PushOutcome::Gone {
             timestamp: Some(at("DC") - 1_000),
         },
@@ -139,7 +144,7 @@ async fn an_update_pushes_to_every_device_and_applies_the_410_rule() {
     sent.sort();
     assert_eq!(
         sent,
-        ["ta", "tb", "tc"].map(|t| (t.to_string(), PASS_TYPE.to_string()))
+        [TA, TB, TC].map(|t| (t.to_string(), PASS_TYPE.to_string()))
     );
     let mut left: Vec<String> = registry
         .registrations(&serial)

@@ -151,7 +151,12 @@ pub async fn automation(a: AutomationBenchArgs) -> Result<()> {
         let token = issuer.pass(&serial)?.auth_token;
         for d in 0..a.devices {
             issuer
-                .register(&format!("D{i}x{d}"), &serial, &token, &format!("t{i}x{d}"))
+                .register(
+                    &format!("D{i}x{d}"),
+                    &serial,
+                    &token,
+                    &format!("{:032x}{d:032x}", i),
+                )
                 .await?;
         }
     }

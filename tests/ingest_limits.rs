@@ -374,3 +374,58 @@ async fn a_bad_message_at_the_size_limit_is_stored_cut_to_fit() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_the_broker_refuses_hold_the_checkpoint_not_the_shutdown() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start_in(Some(&nats), &[], &[], data.clone(), None).await;
+    let js = nats.js().await;
+    js_publish(&js, "passpulse.events.link.clicked", good("g1")).await;
+    server.wait_events(1).await;
+    let checkpoint = |s: Value| s["disk"]["checkpoint_seq"].as_u64().unwrap();
+    server.interrupt();
+    let mut server = Server::start_in(Some(&nats), &[], &[], data.clone(), None).await;
+    let covered = checkpoint(server.stats().await);
+    assert_eq!(covered, 1);
+    // without its stream, no dead letter can be stored: more bad messages than the queue holds
+    js.delete_stream("PASSPULSE_DEADLETTER").await.unwrap();
+    for i in 0..40 {
+        js_publish(
+            &js,
+            "passpulse.events.batch",
+            format!("not json {i}").into_bytes(),
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(20), "the refusals counted", || async {
+        (server
+            .metric("passpulse_dead_letters_total{reason=\"bad_json\"}")
+            .await
+            >= 17.0)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        checkpoint(server.stats().await),
+        covered,
+        "no checkpoint covers a dead letter that is not stored"
+    );
+    // SIGTERM: bounded (the harness allows 20 s), and nothing is lost
+    let t0 = Instant::now();
+    assert!(server.terminate().success());
+    eprintln!(
+        "stopped {:?} after SIGTERM with dead letters refused",
+        t0.elapsed()
+    );
+    let server = Server::start_in(Some(&nats), &[], &[], data, None).await;
+    let seqs = eventually(Duration::from_secs(30), "40 dead letters", || async {
+        let n = dead_letters(&js).await.len();
+        (n >= 40).then_some(n)
+    })
+    .await;
+    assert_eq!(seqs, 40);
+    server.wait_events(1).await;
+}

@@ -149,6 +149,7 @@ pub struct Pipeline {
     stop_tx: watch::Sender<bool>,
     consumer: tokio::task::JoinHandle<()>,
     dead_letters: tokio::task::JoinHandle<()>,
+    sink: DeadLetterSink,
 }
 
 impl Pipeline {
@@ -190,6 +191,7 @@ impl Pipeline {
                 drained
             }));
         }
+        let sink_handle = sink.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let consumer = tokio::spawn(run_engine_consumer(
             js.clone(),
@@ -211,14 +213,18 @@ impl Pipeline {
             stop_tx,
             consumer,
             dead_letters,
+            sink: sink_handle,
         })
     }
 
     /// Stops consuming, applies and publishes what was received, flushes and checkpoints it (if
     /// persistent), and drains the dead letters. Bounded whatever the broker's state: with the
-    /// broker gone, dead letters still unpublished after 10 s are given up (they stay in the
-    /// log, and no checkpoint covers their events, so the next start refuses them again).
+    /// broker gone, a dead letter whose publish fails is given up (it stays in the log, and no
+    /// checkpoint covers its message, so the next start refuses it again).
     pub async fn stop(self) {
+        // a healthy broker still takes every dead letter; a failing one no longer holds anything
+        self.sink.stop_retrying();
+        drop(self.sink);
         let _ = self.stop_tx.send(true);
         let _ = self.consumer.await;
         let mut dead_letters = self.dead_letters;

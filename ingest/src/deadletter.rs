@@ -152,6 +152,8 @@ pub struct DeadLetterSink {
     pending: Arc<AtomicU64>,
     /// The last publish attempt failed (the broker is away or refusing).
     failing: Arc<AtomicBool>,
+    /// Shutting down: a failed publish is given up instead of retried.
+    stopping: Arc<AtomicBool>,
     /// The recent ones, for the `dead_letters` table.
     log: DeadLetterLog,
 }
@@ -184,6 +186,14 @@ impl DeadLetterSink {
                 .dead_letter_publish_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// At shutdown: from now on a dead letter whose publish fails is given up rather than
+    /// retried, so a broker that is gone cannot hold the shutdown (or the consumer waiting for
+    /// room in the queue). A given-up dead letter stays pending: no checkpoint covers its message,
+    /// which the next start reads and refuses again.
+    pub fn stop_retrying(&self) {
+        self.stopping.store(true, SeqCst);
     }
 
     /// As [`DeadLetterSink::wait_drained`], but gives up as soon as a publish attempt fails (at
@@ -223,17 +233,20 @@ pub fn spawn_publisher(
     let (tx, mut rx) = mpsc::channel::<DeadLetter>(QUEUE);
     let pending = Arc::new(AtomicU64::new(0));
     let failing = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::new(AtomicBool::new(false));
     let sink = DeadLetterSink {
         tx,
         metrics: metrics.clone(),
         pending: pending.clone(),
         failing: failing.clone(),
+        stopping: stopping.clone(),
         log,
     };
     let task = tokio::spawn(async move {
         while let Some(d) = rx.recv().await {
-            publish(&js, &cfg, &metrics, &failing, d).await;
-            pending.fetch_sub(1, SeqCst);
+            if publish(&js, &cfg, &metrics, (&failing, &stopping), d).await {
+                pending.fetch_sub(1, SeqCst);
+            }
         }
     });
     (sink, task)
@@ -286,14 +299,15 @@ fn prepare(d: &DeadLetter, max_payload: usize) -> (HeaderMap, Bytes) {
     (headers, bytes)
 }
 
-/// Publishes `d`, retrying until the broker stores it (the task is stopped at shutdown).
+/// Publishes `d`, retrying until the broker stores it or, at shutdown, until an attempt fails;
+/// returns whether it is stored.
 async fn publish(
     js: &jetstream::Context,
     cfg: &BusConfig,
     metrics: &IngestMetrics,
-    failing: &AtomicBool,
+    (failing, stopping): (&AtomicBool, &AtomicBool),
     d: DeadLetter,
-) {
+) -> bool {
     let subject = cfg.deadletter_subject(d.error.reason);
     let max_payload = js.client().server_info().max_payload;
     let (headers, bytes) = prepare(
@@ -317,7 +331,11 @@ async fn publish(
         };
         failing.store(res.is_err(), SeqCst);
         match res {
-            Ok(()) => return,
+            Ok(()) => return true,
+            Err(e) if stopping.load(SeqCst) => {
+                warn!(%subject, seq = d.seq, error = %e, "dead letter not stored at shutdown; its message is read and refused again at the next start");
+                return false;
+            }
             Err(e) => {
                 if attempt == 6 {
                     // counted once per dead letter: it is still retried, and no checkpoint covers

@@ -344,6 +344,19 @@ async fn a_flood_of_bad_lines_is_bounded_keeps_good_events_fresh_and_survives_ki
     .await;
     let second: Vec<u64> = seqs.iter().copied().filter(|s| *s >= first_seq).collect();
     assert_eq!(second, (first_seq..first_seq + 4).collect::<Vec<_>>());
+    // the dead_letters table, refilled from the stream, says what each one stands for
+    let rows = server.sql("SELECT error, bytes FROM dead_letters").await;
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    for r in rows {
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap()
+                .ends_with("(and 524287 more refused lines of this message)"),
+            "{r}"
+        );
+        assert_eq!(r["bytes"], (1 << 20) - 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -391,14 +391,24 @@ pub async fn load_recent(js: &jetstream::Context, cfg: &BusConfig, log: &DeadLet
                     .map(|v| v.as_str().to_string())
                     .unwrap_or_default()
             };
+            // as the sink logged it: the first error, how many more, the size before any cut
+            let mut error = h(HEADER_ERROR);
+            if let Ok(n) = h(HEADER_REFUSED).parse::<u64>() {
+                error.push_str(&format!(
+                    " (and {} more refused lines of this message)",
+                    n.saturating_sub(1)
+                ));
+            }
             log.push(DeadLetterRow {
                 seq: h(HEADER_SEQ).parse().unwrap_or(0),
                 refused_at: published,
                 subject: h(HEADER_SUBJECT),
                 reason: h(HEADER_REASON),
                 line: h(HEADER_LINE).parse().unwrap_or(0),
-                error: h(HEADER_ERROR),
-                bytes: m.payload.len() as u64,
+                error,
+                bytes: h(HEADER_TRUNCATED)
+                    .parse()
+                    .unwrap_or(m.payload.len() as u64),
                 prefix: DeadLetterRow::prefix_of(&m.payload),
             });
             n += 1;

@@ -216,17 +216,38 @@ fn generate(a: GenArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where `publish --generate n` starts its history: 30 days ago, moved back by whole days if its
+/// `n` events would run past now (the engine refuses events stamped more than
+/// `ingest.max_future_skew` after they arrive). Costs one extra pass of the generator.
+fn generated_start(n: u64, generator: impl Fn(i64) -> synth::Generator) -> i64 {
+    use passpulse_engine::time::DAY_MS;
+    let now = now_millis();
+    let start = now - 30 * DAY_MS;
+    let last = generator(start)
+        .take(n as usize)
+        .last()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .and_then(|v| v["ts"].as_str().and_then(parse_rfc3339_millis));
+    match last {
+        Some(t) if t > now => start - (t - now + DAY_MS - 1) / DAY_MS * DAY_MS,
+        _ => start,
+    }
+}
+
 async fn publish(a: PublishArgs) -> Result<()> {
     let client = passpulse_ingest::connect(&a.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     let (lines, total): (Box<dyn Iterator<Item = String>>, Option<u64>) =
         match (&a.file, a.generate) {
             (_, Some(n)) => {
-                let g = synth::Generator::new(synth::GenOptions {
+                let opts = |start_ms| synth::GenOptions {
                     seed: a.seed,
-                    start_ms: now_millis() - 30 * passpulse_engine::time::DAY_MS,
+                    start_ms,
                     arrivals_per_day: 2_000.0,
-                });
+                };
+                let g = synth::Generator::new(opts(generated_start(n, |s| {
+                    synth::Generator::new(opts(s))
+                })));
                 (Box::new(g.take(n as usize)), Some(n))
             }
             (Some(p), None) => {

@@ -195,7 +195,13 @@ fn generate(a: GenArgs) -> Result<()> {
     let start_ms = match &a.start {
         Some(s) => parse_rfc3339_millis(s)
             .with_context(|| format!("--start {s:?} is not an RFC 3339 time after 1970"))?,
-        None => now_millis() - 30 * passpulse_engine::time::DAY_MS,
+        None => generated_start(a.events, |start_ms| {
+            synth::Generator::new(synth::GenOptions {
+                seed: a.seed,
+                start_ms,
+                arrivals_per_day: a.arrivals_per_day,
+            })
+        }),
     };
     let g = synth::Generator::new(synth::GenOptions {
         seed: a.seed,
@@ -216,9 +222,10 @@ fn generate(a: GenArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where `publish --generate n` starts its history: 30 days ago, moved back by whole days if its
-/// `n` events would run past now (the engine refuses events stamped more than
-/// `ingest.max_future_skew` after they arrive). Costs one extra pass of the generator.
+/// Where `gen` (without `--start`) and `publish --generate n` start their history: 30 days ago,
+/// moved back by whole days if its `n` events would run past now (the engine refuses events
+/// stamped more than `ingest.max_future_skew` after they arrive). Costs one extra pass of the
+/// generator.
 fn generated_start(n: u64, generator: impl Fn(i64) -> synth::Generator) -> i64 {
     use passpulse_engine::time::DAY_MS;
     let now = now_millis();

@@ -564,6 +564,8 @@ fn decode_guarded(
 /// A stream sequence whose decoding panics once (fault injection for the tests).
 static PANIC_ONCE_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Decodes the messages of a chunk; returns their events and at most one dead letter per message
+/// (every refused line is counted in `metrics`).
 fn decode_chunk(
     chunk: Vec<RawMsg>,
     max_bytes: usize,
@@ -571,6 +573,8 @@ fn decode_chunk(
     metrics: &IngestMetrics,
 ) -> (DecodedBatch, Vec<DeadLetter>) {
     let mut out = DecodedBatch::with_capacity(chunk.len());
+    out.set_max_future_skew(max_future_skew);
+    let mut letters = Vec::new();
     for m in chunk {
         #[cfg(test)]
         if PANIC_ONCE_AT
@@ -581,8 +585,7 @@ fn decode_chunk(
         }
         out.note_seq(m.seq);
         out.set_arrival(m.arrival);
-/// Decodes the messages of a chunk; returns their events and at most one dead letter per message
-/// (every refused line is counted in `metrics`).
+        let mut rejects = Rejects::new(max_bytes);
         if m.payload.len() > max_bytes {
             let error = EventError::too_large(m.payload.len(), max_bytes);
             metrics.dead_letter(error.reason);
@@ -592,11 +595,8 @@ fn decode_chunk(
                 metrics.dead_letter(error.reason);
                 rejects.add(error, m.payload.slice_ref(line));
             });
-    out.set_max_future_skew(max_future_skew);
-    let mut letters = Vec::new();
         }
         letters.extend(rejects.finish(m.subject.as_str(), m.seq));
-        let mut rejects = Rejects::new(max_bytes);
     }
     metrics.events_decoded.fetch_add(out.len() as u64, Relaxed);
     (out, letters)

@@ -114,8 +114,26 @@ pub struct QuerySection {
     pub memory_limit_mb: usize,
     /// Threads of the query runtime.
     pub threads: usize,
-    /// Largest response body, in MiB.
+    /// Largest response body, in MiB (every format; over it the query is stopped with 422).
     pub max_result_mb: usize,
+    /// Resident memory of the whole process, in MiB, above which running queries are stopped
+    /// with 422 (0: three quarters of the machine's or the container's memory).
+    pub max_process_mb: usize,
+    /// Most bytes, in MiB, that one call of `repeat`, `lpad`, `rpad`, `array_repeat`,
+    /// `array_resize`, `range`, `generate_series` or `replace` may build for one batch.
+    pub max_value_mb: usize,
+    /// Longest SQL statement, bytes.
+    pub max_sql_bytes: usize,
+    /// Deepest nesting of parentheses, subqueries and prefix operators.
+    pub max_nesting: usize,
+    /// Deepest expression (a chain `a OR b OR …` of n terms is n deep).
+    pub max_expr_depth: usize,
+    /// Most common table expressions in one statement.
+    pub max_ctes: usize,
+    /// Most tables, subqueries and table functions joined in one statement.
+    pub max_tables: usize,
+    /// Most UNION/INTERSECT/EXCEPT operations in one statement.
+    pub max_set_operations: usize,
     /// Cost of one postal letter (the `postal_savings` insight), in your currency.
     pub letter_cost: f64,
     /// A wallet device with no event for this long leaves the estimated active base.
@@ -191,11 +209,20 @@ impl Default for Config {
 
 impl Default for QuerySection {
     fn default() -> Self {
+        let limits = passpulse_query::SqlLimits::default();
         QuerySection {
             timeout: Duration::from_secs(30),
             memory_limit_mb: 1024,
             threads: 2,
             max_result_mb: 1024,
+            max_process_mb: 0,
+            max_value_mb: 64,
+            max_sql_bytes: limits.max_sql_bytes,
+            max_nesting: limits.max_nesting,
+            max_expr_depth: limits.max_expr_depth,
+            max_ctes: limits.max_ctes,
+            max_tables: limits.max_tables,
+            max_set_operations: limits.max_set_operations,
             letter_cost: 1.0,
             silent_after: Duration::from_secs(90 * 86_400),
         }
@@ -245,6 +272,9 @@ pub struct ServeArgs {
     /// Query memory limit in MiB.
     #[arg(long, env = "PASSPULSE_QUERY_MEMORY_MB")]
     pub query_memory_mb: Option<usize>,
+    /// Process memory ceiling in MiB above which running queries are stopped (0: automatic).
+    #[arg(long, env = "PASSPULSE_QUERY_MAX_PROCESS_MB")]
+    pub query_max_process_mb: Option<usize>,
     /// Largest accepted NATS message, bytes.
     #[arg(long, env = "PASSPULSE_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -294,6 +324,7 @@ impl Config {
         set!(cfg.demo_rate, args.demo_rate);
         set!(cfg.query.timeout, args.query_timeout);
         set!(cfg.query.memory_limit_mb, args.query_memory_mb);
+        set!(cfg.query.max_process_mb, args.query_max_process_mb);
         set!(cfg.ingest.max_message_bytes, args.max_message_bytes);
         cfg.storage.persist &= !args.no_persist;
         set!(cfg.storage.flush_rows, args.flush_rows);
@@ -339,6 +370,7 @@ mod tests {
             demo_rate: None,
             query_timeout: None,
             query_memory_mb: None,
+            query_max_process_mb: None,
             max_message_bytes: None,
             no_persist: false,
             flush_rows: None,

@@ -73,6 +73,19 @@ pub async fn serve(mut cfg: Config) -> Result<()> {
             timeout: cfg.query.timeout,
             threads: cfg.query.threads,
             max_result_bytes: cfg.query.max_result_mb << 20,
+            limits: passpulse_query::SqlLimits {
+                max_sql_bytes: cfg.query.max_sql_bytes,
+                max_nesting: cfg.query.max_nesting,
+                max_expr_depth: cfg.query.max_expr_depth,
+                max_ctes: cfg.query.max_ctes,
+                max_tables: cfg.query.max_tables,
+                max_set_operations: cfg.query.max_set_operations,
+            },
+            max_value_bytes: cfg.query.max_value_mb << 20,
+            max_process_bytes: match cfg.query.max_process_mb {
+                0 => passpulse_query::default_process_ceiling(),
+                mb => mb << 20,
+            },
             insights: InsightSettings {
                 letter_cost: cfg.query.letter_cost,
                 silent_after_ms: i64::try_from(cfg.query.silent_after.as_millis())

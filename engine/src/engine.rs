@@ -747,7 +747,14 @@ mod tests {
             resume.warnings
         );
         let after = serde_json::to_value(e.stats()).unwrap();
-        for key in ["events", "by_type", "install_base", "location_peaks", "distinct", "funnel"] {
+        for key in [
+            "events",
+            "by_type",
+            "install_base",
+            "location_peaks",
+            "distinct",
+            "funnel",
+        ] {
             assert_eq!(after[key], before[key], "{key}");
         }
         w.close();

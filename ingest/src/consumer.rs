@@ -397,8 +397,14 @@ async fn receive_loop(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         first = false;
-        // a failure reported for an older epoch was handled when it was current
-        while failures.try_recv().is_ok() {}
+        // a failure reported while re-positioning for another reason (a broker error, a gap)
+        // is one of this epoch: restart at it, or every later chunk of the epoch is dropped;
+        // one reported for an older epoch was handled when it was current
+        while let Ok(f) = failures.try_recv() {
+            if f.epoch == epoch {
+                restart_at_failure(&f, metrics, &mut next_seq, &mut epoch);
+            }
+        }
         let got = tokio::select! {
             s = js.get_stream(&cfg.stream) => s,
             _ = shutdown.changed() => break,
@@ -445,14 +451,7 @@ async fn receive_loop(
                 c = tokio::time::timeout(STALL_CHECK, msgs.next()) => c,
                 Some(f) = failures.recv() => {
                     if f.epoch == epoch {
-                        metrics.decode_failures.fetch_add(1, Relaxed);
-                        tracing::error!(
-                            error = %f.error,
-                            from_seq = f.first_seq,
-                            "decoding failed; restarting the consumer at the failed chunk (nothing is skipped)"
-                        );
-                        next_seq = f.first_seq;
-                        epoch += 1;
+                        restart_at_failure(&f, metrics, &mut next_seq, &mut epoch);
                         continue 'outer;
                     }
                     continue;
@@ -540,6 +539,24 @@ async fn receive_loop(
             }
         }
     }
+}
+
+/// Re-positions the receive loop at a chunk whose decoding failed, in a new epoch (the decode
+/// stage drops what is left of the old one).
+fn restart_at_failure(
+    f: &DecodeFailure,
+    metrics: &IngestMetrics,
+    next_seq: &mut u64,
+    epoch: &mut u64,
+) {
+    metrics.decode_failures.fetch_add(1, Relaxed);
+    tracing::error!(
+        error = %f.error,
+        from_seq = f.first_seq,
+        "decoding failed; restarting the consumer at the failed chunk (nothing is skipped)"
+    );
+    *next_seq = f.first_seq;
+    *epoch += 1;
 }
 
 /// [`decode_chunk`], with a panic turned into an error (the chunk is then read again).

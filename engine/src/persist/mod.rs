@@ -35,12 +35,12 @@ use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{Checkpoint, CheckpointError, SegmentRef, read_checkpoint};
 pub use flusher::{CompactReport, FlushDone, FlushJob, Flusher, compact_dir};
+#[cfg(test)]
+pub(crate) use fsio::walk as fsio_walk;
 pub use inspect::{Inspection, inspect};
 pub use lock::DirLock;
 pub use parquet::{read_file, write_sorted, writer_properties};
 pub(crate) use publish::STORE_DIR;
-#[cfg(test)]
-pub(crate) use fsio::walk as fsio_walk;
 pub use recover::{Recovered, recover};
 
 /// Where and how the engine persists.

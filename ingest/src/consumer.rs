@@ -78,6 +78,9 @@ const INLINE_DECODE_BYTES: usize = 64 * 1024;
 struct Chunk {
     epoch: u64,
     msgs: Vec<RawMsg>,
+    /// The first chunk read after a decode failure: if it fails again, its messages are decoded
+    /// one by one and the one the decoder cannot survive is dead-lettered.
+    isolate: bool,
 }
 
 /// A chunk that could not be decoded: its epoch, first stream sequence and why.
@@ -307,13 +310,25 @@ async fn run_engine_consumer(
                     // decode here than to hand to another thread; big ones go to the pool.
                     let bytes: usize = chunk.msgs.iter().map(|m| m.payload.len()).sum();
                     if bytes <= INLINE_DECODE_BYTES {
-                        let r = decode_guarded(chunk.msgs, max, max_future_skew, &metrics)
-                            .map_err(fail);
+                        let r = decode_guarded(
+                            chunk.msgs,
+                            chunk.isolate,
+                            max,
+                            max_future_skew,
+                            &metrics,
+                        )
+                        .map_err(fail);
                         Either::Left(futures::future::ready((epoch, r)))
                     } else {
                         Either::Right(async move {
                             let r = tokio::task::spawn_blocking(move || {
-                                decode_guarded(chunk.msgs, max, max_future_skew, &metrics)
+                                decode_guarded(
+                                    chunk.msgs,
+                                    chunk.isolate,
+                                    max,
+                                    max_future_skew,
+                                    &metrics,
+                                )
                             })
                             .await
                             .unwrap_or_else(|e| Err(e.to_string()))
@@ -385,6 +400,7 @@ async fn receive_loop(
 ) {
     let mut next_seq: u64 = from_seq.max(1);
     let mut epoch = 1u64;
+    let mut isolate = false;
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     'outer: while !*shutdown.borrow() {
@@ -403,6 +419,7 @@ async fn receive_loop(
         while let Ok(f) = failures.try_recv() {
             if f.epoch == epoch {
                 restart_at_failure(&f, metrics, &mut next_seq, &mut epoch);
+                isolate = true;
             }
         }
         let got = tokio::select! {
@@ -452,6 +469,7 @@ async fn receive_loop(
                 Some(f) = failures.recv() => {
                     if f.epoch == epoch {
                         restart_at_failure(&f, metrics, &mut next_seq, &mut epoch);
+                        isolate = true;
                         continue 'outer;
                     }
                     continue;
@@ -528,7 +546,12 @@ async fn receive_loop(
             if !raw.is_empty() {
                 metrics.messages.fetch_add(raw.len() as u64, Relaxed);
                 metrics.last_seq.store(next_seq - 1, Relaxed);
-                if rtx.send(Chunk { epoch, msgs: raw }).await.is_err() {
+                let chunk = Chunk {
+                    epoch,
+                    msgs: raw,
+                    isolate: std::mem::take(&mut isolate),
+                };
+                if rtx.send(chunk).await.is_err() {
                     break 'outer;
                 }
                 backoff = Duration::from_millis(100);
@@ -559,32 +582,69 @@ fn restart_at_failure(
     *epoch += 1;
 }
 
-/// [`decode_chunk`], with a panic turned into an error (the chunk is then read again).
+/// [`decode_chunk`], with a panic contained: the chunk is an error, and the consumer restarts at
+/// it. If the chunk read again after that restart (`isolate`) fails too, each message is decoded
+/// alone: one that fails by itself (a message the decoder cannot survive) becomes a dead letter
+/// with its bytes, and the others are decoded again together. A message is never skipped.
 fn decode_guarded(
     chunk: Vec<RawMsg>,
+    isolate: bool,
     max_bytes: usize,
     max_future_skew: Option<i64>,
     metrics: &IngestMetrics,
 ) -> Result<(DecodedBatch, Vec<DeadLetter>), String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decode_chunk(chunk, max_bytes, max_future_skew, metrics)
-    }))
-    .map_err(|p| {
-        p.downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "the decoder panicked".into())
-    })
+    let attempt = |msgs: &[RawMsg]| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decode_chunk(msgs, max_bytes, max_future_skew, metrics)
+        }))
+        .map_err(|p| {
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the decoder panicked".into())
+        })
+    };
+    let why = match attempt(&chunk) {
+        Ok(r) => return Ok(r),
+        Err(why) if !isolate => return Err(why),
+        Err(why) => why,
+    };
+    metrics.decode_failures.fetch_add(1, Relaxed);
+    tracing::error!(error = %why, "decoding failed again after a restart; decoding the chunk's messages one by one");
+    let (good, poison): (Vec<RawMsg>, Vec<RawMsg>) = chunk
+        .into_iter()
+        .partition(|m| attempt(std::slice::from_ref(m)).is_ok());
+    let (batch, mut letters) = attempt(&good)?;
+    for m in poison {
+        tracing::error!(
+            seq = m.seq,
+            "the decoder fails on this message; it is dead-lettered"
+        );
+        let error = EventError {
+            index: 1,
+            field: None,
+            reason: passpulse_engine::Reason::InvalidValue,
+            detail: format!("the decoder failed on this message ({why}); it is kept here whole"),
+        };
+        metrics.dead_letter(error.reason);
+        let mut r = Rejects::new(max_bytes);
+        r.add(error, m.payload.clone());
+        letters.extend(r.finish(m.subject.as_str(), m.seq));
+    }
+    Ok((batch, letters))
 }
 
 #[cfg(test)]
 /// A stream sequence whose decoding panics once (fault injection for the tests).
 static PANIC_ONCE_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+#[cfg(test)]
+/// A stream sequence whose decoding always panics (a poison message, for the tests).
+static POISON_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Decodes the messages of a chunk; returns their events and at most one dead letter per message
 /// (every refused line is counted in `metrics`).
 fn decode_chunk(
-    chunk: Vec<RawMsg>,
+    chunk: &[RawMsg],
     max_bytes: usize,
     max_future_skew: Option<i64>,
     metrics: &IngestMetrics,
@@ -599,6 +659,10 @@ fn decode_chunk(
             .is_ok()
         {
             panic!("injected decode failure at {}", m.seq);
+        }
+        #[cfg(test)]
+        if POISON_AT.load(Relaxed) == m.seq {
+            panic!("injected poison message at {}", m.seq);
         }
         out.note_seq(m.seq);
         out.set_arrival(m.arrival);
@@ -645,7 +709,8 @@ mod tests {
     use crate::nats_server::ManagedNats;
 
     /// A decode that panics mid-stream loses nothing and applies nothing twice: the consumer
-    /// restarts at the failed chunk.
+    /// restarts at the failed chunk; a message that fails every time is dead-lettered, and
+    /// ingest goes on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_decode_restarts_at_its_chunk_and_skips_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -689,6 +754,39 @@ mod tests {
             "nothing was applied twice"
         );
         assert_eq!(p.metrics.decode_failures.load(Relaxed), 1);
+
+        // a message the decoder never survives (stream sequence 455): the restart fails again,
+        // so the chunk is decoded message by message and that one is dead-lettered, whole
+        POISON_AT.store(455, Relaxed);
+        for i in N..2 * N {
+            let ev = format!(
+                r#"{{"id":"e{i}","type":"link.clicked","ts":{},"source":"qr"}}"#,
+                1_700_000_000_000u64 + i
+            );
+            js.publish("passpulse.events.link.clicked", ev.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let t0 = std::time::Instant::now();
+        while p.engine.events_applied() < 2 * N - 1 && t0.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            p.engine.events_applied(),
+            2 * N - 1,
+            "all but the poison message"
+        );
+        let refused: Vec<_> = p.metrics.dead_letters().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(refused, vec![(passpulse_engine::Reason::InvalidValue, 1)]);
+        assert_eq!(
+            p.metrics.decode_failures.load(Relaxed),
+            3,
+            "restart, then isolation"
+        );
+        POISON_AT.store(0, Relaxed);
         p.stop().await;
         nats.stop().await;
     }

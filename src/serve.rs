@@ -172,6 +172,7 @@ pub async fn serve(mut cfg: Config) -> Result<()> {
             bus: bus.clone(),
             metrics: ingest_metrics,
             max_errors: cfg.ingest.max_line_errors,
+            max_future_skew: i64::try_from(cfg.ingest.max_future_skew.as_millis()).ok(),
         },
         issuer.clone(),
         automation,

@@ -269,3 +269,30 @@ async fn a_line_the_broker_did_not_confirm_may_be_stored_and_is_safe_to_retry() 
     );
     server.wait_events(1).await;
 }
+
+/// A line stamped beyond `ingest.max_future_skew` ahead of now is refused in the answer, as the
+/// consumer would refuse it, rather than accepted and then dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_stamped_too_far_ahead_is_refused_in_the_answer() {
+    let nats = Nats::start();
+    let server = Server::start(Some(&nats), &[]).await;
+    let body = [
+        ev(
+            "f1",
+            "link.clicked",
+            253_402_214_400_000 - 1,
+            r#""source":"qr""#,
+        ),
+        ev("f2", "link.clicked", 1_000, r#""source":"qr""#),
+    ]
+    .join("\n");
+    let (status, report) = post_ndjson(&server, body).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (report["accepted"].as_u64(), report["rejected"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(report["errors"][0]["line"], 1);
+    assert_eq!(report["errors"][0]["reason"], "invalid_value");
+    server.wait_events(1).await;
+}

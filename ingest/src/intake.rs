@@ -56,6 +56,9 @@ pub struct IntakeState {
     pub metrics: Arc<IngestMetrics>,
     /// Line errors listed in one answer; the others are only counted (`errors_omitted`).
     pub max_errors: usize,
+    /// The consumer's bound on event time ahead of arrival (`ingest.max_future_skew`), checked
+    /// here against now, so a line the consumer would refuse is refused in the answer.
+    pub max_future_skew: Option<i64>,
 }
 
 pub fn router(state: IntakeState) -> Router {
@@ -193,6 +196,8 @@ async fn post_events(State(st): State<IntakeState>, body: Bytes) -> Response {
 
     let outcomes = futures::stream::iter(Lines::new(body)).map(|(n, line)| {
         scratch.clear();
+        scratch.set_arrival(passpulse_engine::time::now_millis());
+        scratch.set_max_future_skew(st.max_future_skew);
         match decode_line(&line, n, 0, &mut scratch) {
             Err(e) => Either::Left(futures::future::ready(Outcome::Rejected(line_error(
                 n,

@@ -114,7 +114,13 @@ pub fn prepare(
 
 /// Opens the automation (retrying while the broker is away) and runs the flows consumer and the
 /// delivery worker; returns once the consumer exists, so events published after are acted on.
-pub async fn start(p: Prepared, issuer: Issuer, js: jetstream::Context, bus: BusConfig) {
+pub async fn start(
+    p: Prepared,
+    issuer: Issuer,
+    js: jetstream::Context,
+    bus: BusConfig,
+    max_future_skew: Option<i64>,
+) {
     let mut backoff = Duration::from_millis(200);
     let (automation, consumer) = loop {
         let opened = async {
@@ -158,7 +164,11 @@ pub async fn start(p: Prepared, issuer: Issuer, js: jetstream::Context, bus: Bus
     tokio::spawn(async move {
         let mut consumer = consumer;
         loop {
-            if let Err(e) = automation.clone().run(consumer.clone()).await {
+            if let Err(e) = automation
+                .clone()
+                .run(consumer.clone(), max_future_skew)
+                .await
+            {
                 warn!(error = %e, "automation consumer stopped; restarting");
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -115,6 +115,7 @@ pub async fn serve(mut cfg: Config) -> Result<()> {
         let slot = IssuerSlot::default();
         let (js, bus, fill) = (js.clone(), bus.clone(), slot.clone());
         let demo = cfg.demo;
+        let skew = i64::try_from(cfg.ingest.max_future_skew.as_millis()).ok();
         // the registry opens in the background (retrying while the broker is busy or away):
         // ingest and queries do not wait for it, the issuer's routes answer 503 until it is open
         tokio::spawn(async move {
@@ -131,7 +132,7 @@ pub async fn serve(mut cfg: Config) -> Result<()> {
                         fill.set(issuer.clone());
                         info!("issuer ready");
                         if let Some(p) = prepared {
-                            crate::automation_setup::start(p, issuer.clone(), js, bus).await;
+                            crate::automation_setup::start(p, issuer.clone(), js, bus, skew).await;
                         }
                         if demo {
                             crate::demo::sample_passes(issuer).await;

@@ -238,3 +238,37 @@ async fn the_outbox_retries_and_delivers_once() {
         ]
     );
 }
+
+/// The automation consumer applies the engine's event-time bound: a sign-up stamped decades
+/// ahead of its arrival is skipped (the engine dead-letters it), a normal one issues its pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stamped_far_ahead_of_arrival_start_no_flow() {
+    let rig = Rig::start(RecordingSender::new()).await;
+    let consumer = rig
+        .automation
+        .consumer(&rig.js, &BusConfig::default())
+        .await
+        .unwrap();
+    tokio::spawn(rig.automation.clone().run(consumer, Some(3_600_000)));
+    let now = passpulse_engine::time::now_millis();
+    let mut ahead = signup("far", "C9");
+    ahead["ts"] = json!(now + 40 * 365 * 86_400_000i64);
+    let mut fine = signup("near", "C8");
+    fine["ts"] = json!(now - 60_000);
+    for e in [ahead, fine] {
+        rig.js
+            .publish("passpulse.events.contact.registered", e.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    while rig.issuer.registry().pass_count() < 1 && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rig.issuer.registry().pass_count(), 1, "only C8's pass");
+    let serial = rig.automation.serial_for("signup", "C8");
+    assert!(rig.issuer.pass(&serial).is_ok());
+}

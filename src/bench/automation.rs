@@ -121,7 +121,7 @@ pub async fn automation(a: AutomationBenchArgs) -> Result<()> {
         .consumer(&js, &bus)
         .await
         .map_err(anyhow::Error::msg)?;
-    tokio::spawn(automation.clone().run(consumer));
+    tokio::spawn(automation.clone().run(consumer, None));
 
     let publish = |kind: &'static str, line: String| {
         let (js, subject) = (js.clone(), format!("{}.{kind}", bus.subject_prefix));

@@ -198,8 +198,15 @@ impl Automation {
         }
     }
 
-    /// Processes bus messages one at a time, in order, until the process ends.
-    pub async fn run(self, consumer: jetstream::consumer::PullConsumer) -> Result<(), StepError> {
+    /// Processes bus messages one at a time, in order, until the process ends. Events stamped
+    /// more than `max_future_skew` ms after the broker stored them are skipped, as the engine
+    /// refuses them (`ingest.max_future_skew`): one mis-stamped event must not move the
+    /// segments' event-time clock.
+    pub async fn run(
+        self,
+        consumer: jetstream::consumer::PullConsumer,
+        max_future_skew: Option<i64>,
+    ) -> Result<(), StepError> {
         let mut msgs = consumer
             .messages()
             .await
@@ -216,6 +223,10 @@ impl Automation {
             };
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
             batch.clear();
+            if let Ok(info) = m.info() {
+                batch.set_arrival((info.published.unix_timestamp_nanos() / 1_000_000) as i64);
+            }
+            batch.set_max_future_skew(max_future_skew);
             // bad events are the engine's to dead-letter; here they are skipped
             decode_message(&m.payload, seq, &mut batch, |_, _| {});
             match self.handle_batch(&batch).await {

@@ -38,6 +38,9 @@ pub const STORE_DIR: &str = "store";
 /// Where a partition's next content is assembled before it is swapped in.
 pub(crate) const STAGING_DIR: &str = "staging";
 
+/// Partitions replaced without an atomic swap (a file system without `RENAME_EXCHANGE`).
+static NON_ATOMIC_SWAPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Makes `events/` show exactly `files`: every partition named, and no other partition.
 pub(crate) fn publish_all(root: &Path, files: &[DataFile]) -> Result<(), PersistError> {
     let mut by_day: BTreeMap<i32, Vec<&DataFile>> = BTreeMap::new();
@@ -107,6 +110,7 @@ pub(crate) fn publish_day(root: &Path, day: i32, want: &[&DataFile]) -> Result<(
         rename(&stage, &dir)?;
     } else if let Err(e) = exchange(&stage, &dir) {
         // a file system without RENAME_EXCHANGE: for a moment the day is missing, never doubled
+        NON_ATOMIC_SWAPS.fetch_add(1, Relaxed);
         static WARNED: AtomicBool = AtomicBool::new(false);
         if !WARNED.swap(true, Relaxed) {
             warn!(error = %e, "the file system cannot swap directories atomically; outside readers may briefly miss a partition while it is rewritten");
@@ -226,6 +230,8 @@ mod tests {
         assert_eq!(listing(root), vec![m.path.clone()]);
         publish_all(root, &[]).unwrap();
         assert!(listing(root).is_empty());
+        // every replacement above was one atomic swap, not the fall-back
+        assert_eq!(NON_ATOMIC_SWAPS.load(Relaxed), 0);
         assert!(!root.join(STAGING_DIR).join("date=1970-01-11").exists());
     }
 }

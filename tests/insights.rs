@@ -155,6 +155,13 @@ fn messy(lines: Vec<String>) -> Vec<String> {
     // ODD3's install arrives after its removal, though it happened before it
     out.push(r#"{"id":"odd-late","type":"pass.installed","ts":"2026-06-03T08:00:00Z","pass":"ODD3","device":"ODD3-D","platform":"google"}"#.into());
     out.extend(last);
+    // an install and a removal of one registration with the same time in one message: the
+    // larger id (the install, here the first line) decides, not the line order
+    if out.len() % PER_MESSAGE == PER_MESSAGE - 1 {
+        out.push(r#"{"id":"tie-filler","type":"link.clicked","ts":"2026-06-02T12:00:00Z","source":"qr"}"#.into());
+    }
+    out.push(r#"{"id":"tie-b","type":"pass.installed","ts":"2026-06-02T12:00:00Z","pass":"TIE1","device":"TD","platform":"apple"}"#.into());
+    out.push(r#"{"id":"tie-a","type":"pass.uninstalled","ts":"2026-06-02T12:00:00Z","pass":"TIE1","device":"TD","platform":"apple"}"#.into());
     out
 }
 
@@ -185,13 +192,14 @@ fn day(ts: i64) -> String {
     format!("{}T00:00:00Z", format_day(ts.div_euclid(DAY_MS) as i32))
 }
 
-/// Per pass and device, the type of the latest install/uninstall event (by time, then arrival).
+/// Per pass and device, the type of the latest install/uninstall event (by time, then stream
+/// sequence, then id).
 fn latest_registrations(evs: &[Ev]) -> BTreeMap<(String, String), (String, String)> {
     let mut regs: Vec<&Ev> = evs
         .iter()
         .filter(|e| matches!(e.ty(), "pass.installed" | "pass.uninstalled"))
         .collect();
-    regs.sort_by_key(|e| (e.ts, e.arrival));
+    regs.sort_by_key(|e| (e.ts, e.seq, e.s("id").unwrap().to_string()));
     let mut last = BTreeMap::new();
     for e in regs {
         let key = (e.s("pass").unwrap().into(), e.s("device").unwrap().into());

@@ -116,7 +116,7 @@ pub const PASS_ORIGIN_VIEW: (&str, &str) = (
 macro_rules! pass_rows {
     () => {
         "WITH regs AS ( \
-           SELECT pass, device, last_value(CAST(type AS VARCHAR) ORDER BY ts, seq) AS last \
+           SELECT pass, device, last_value(CAST(type AS VARCHAR) ORDER BY ts, seq, id) AS last \
            FROM {events} AS ev \
            WHERE type IN ('pass.installed', 'pass.uninstalled') GROUP BY pass, device), \
          state AS ( \
@@ -147,7 +147,7 @@ macro_rules! pass_rows {
 /// `WITH registrations AS (…)`: every install and removal of a pass on a device, a removal with
 /// the install it ends (the same pass and device's previous event, if it is an install).
 ///
-/// "Previous" is the row before in (pass, device, ts, seq) order when it has the same pass and
+/// "Previous" is the row before in (pass, device, ts, seq, id) order when it has the same pass and
 /// device: one sort and `lag` over it, rather than a window partitioned by registration (which
 /// pays per partition, and nearly every registration is its own partition of one or two rows).
 macro_rules! removals {
@@ -156,10 +156,10 @@ macro_rules! removals {
            SELECT pass, device, installed, ts, lag(pass) OVER w AS prev_pass, \
                   lag(device) OVER w AS prev_device, lag(installed) OVER w AS prev_installed, \
                   lag(ts) OVER w AS prev_ts \
-           FROM (SELECT pass, device, type = 'pass.installed' AS installed, ts, seq \
+           FROM (SELECT pass, device, type = 'pass.installed' AS installed, ts, seq, id \
                  FROM {events} AS ev \
                  WHERE type IN ('pass.installed', 'pass.uninstalled')) AS r \
-           WINDOW w AS (ORDER BY pass, device, ts, seq)), \
+           WINDOW w AS (ORDER BY pass, device, ts, seq, id)), \
          ended AS ( \
            SELECT pass, device, \
                   CASE WHEN installed THEN 'pass.installed' ELSE 'pass.uninstalled' END AS kind, \
@@ -459,11 +459,11 @@ pub const INSIGHTS: &[Insight] = &[
              SELECT pass, device, platform, ts, installed, \
                     lag(pass) OVER w AS prev_pass, lag(device) OVER w AS prev_device, \
                     lag(installed) OVER w AS prev_installed \
-             FROM (SELECT pass, device, CAST(platform AS VARCHAR) AS platform, ts, seq, \
+             FROM (SELECT pass, device, CAST(platform AS VARCHAR) AS platform, ts, seq, id, \
                           type = 'pass.installed' AS installed \
                    FROM {events} AS ev \
                    WHERE type IN ('pass.installed', 'pass.uninstalled')) AS r \
-             WINDOW w AS (ORDER BY pass, device, ts, seq)), \
+             WINDOW w AS (ORDER BY pass, device, ts, seq, id)), \
            ordered AS ( \
              SELECT pass, platform, ts, installed, \
                     CASE WHEN (prev_pass IS NOT DISTINCT FROM pass) \
@@ -494,8 +494,8 @@ pub const INSIGHTS: &[Insight] = &[
         // `device` is the scanner or till at the location, on every other the wallet's device
         template: "WITH latest AS ( \
              SELECT pass, device, \
-                    last_value(CAST(type AS VARCHAR) ORDER BY ts, seq) AS last, \
-                    last_value(CAST(platform AS VARCHAR) ORDER BY ts, seq) AS platform \
+                    last_value(CAST(type AS VARCHAR) ORDER BY ts, seq, id) AS last, \
+                    last_value(CAST(platform AS VARCHAR) ORDER BY ts, seq, id) AS platform \
              FROM {events} AS ev WHERE type IN ('pass.installed', 'pass.uninstalled') \
              GROUP BY pass, device), \
            active AS (SELECT pass, device, platform FROM latest WHERE last = 'pass.installed'), \

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{EventRef, EventType};
 
 /// Version of the [`Aggregates::snapshot`] layout; a snapshot of another version is refused.
-pub const SNAPSHOT_FORMAT: u32 = 3;
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Aggregates {

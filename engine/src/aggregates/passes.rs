@@ -2,7 +2,7 @@
 //! funnel by signup source.
 //!
 //! A registration is the pair (pass, device). Its state is decided by the install/uninstall with
-//! the latest event time (stream sequence breaks ties), so out-of-order and replayed events give
+//! the latest event time (then stream sequence, then event id), so out-of-order and replayed events give
 //! the same answer as in-order ones. A pass is *active* while it has at least one live
 //! registration. Slices by programme and source use the pass's origin, the one definition shared
 //! with the SQL views (`pass_origin`): its first `pass.issued` by event time, then stream
@@ -77,8 +77,11 @@ struct Reg {
     device: Span,
     platform: Platform,
     live: bool,
+    /// (event time, stream sequence, event id) of the install or removal that set `live`: the
+    /// latest wins, as in the SQL views, whatever order they arrived in.
     ts: i64,
     seq: u64,
+    id: Span,
 }
 
 /// Which `pass.issued` is a pass's origin: the least (event time, stream sequence, event id).
@@ -410,13 +413,14 @@ impl Passes {
         match found {
             Some(i) => {
                 let r = st.reg_mut(&mut self.more, i);
-                if (e.ts, e.seq) < (r.ts, r.seq) {
+                if (e.ts, e.seq, e.id) < (r.ts, r.seq, text(&self.arena, r.id)) {
                     return; // an older signal than the one already applied
                 }
                 r.live = live;
                 r.platform = platform;
                 r.ts = e.ts;
                 r.seq = e.seq;
+                r.id = push_text(&mut self.arena, e.id);
             }
             None => {
                 let reg = Reg {
@@ -425,6 +429,7 @@ impl Passes {
                     live,
                     ts: e.ts,
                     seq: e.seq,
+                    id: push_text(&mut self.arena, e.id),
                 };
                 st.add_reg(&mut self.more, reg);
             }
@@ -526,7 +531,11 @@ impl Passes {
         } = w;
         let span_ok = |s: Span| arena.get(s.range()).is_some();
         let sym_ok = |s: Sym| s.is_none() || (s.0 as usize) < symbols.len();
-        if let Some(r) = more.iter().flatten().find(|r| !span_ok(r.device)) {
+        if let Some(r) = more
+            .iter()
+            .flatten()
+            .find(|r| !span_ok(r.device) || !span_ok(r.id))
+        {
             return Err(format!("a device span {:?} is outside the arena", r.device));
         }
         let hasher = ahash::RandomState::new();
@@ -540,7 +549,7 @@ impl Passes {
                 return Err(format!("pass record {st:?} refers outside the snapshot"));
             }
             let first_ok = match st.first {
-                Some(r) => span_ok(r.device),
+                Some(r) => span_ok(r.device) && span_ok(r.id),
                 None => st.more == 0,
             };
             if !first_ok || st.more as usize > more.len() {
@@ -738,6 +747,18 @@ mod tests {
         );
         assert_eq!(p.all.active_passes, 0);
         assert_eq!(p.funnel["qr"].installed, 1);
+    }
+
+    #[test]
+    fn a_tie_in_time_and_sequence_is_broken_by_the_event_id() {
+        // an install and a removal of one registration, same ts, one message: the larger id wins
+        let on = inst("b", "A", "d1", "apple", 10, true);
+        let off = inst("a", "A", "d1", "apple", 10, false);
+        for lines in [[on.as_str(), off.as_str()], [off.as_str(), on.as_str()]] {
+            let mut p = Passes::default();
+            apply_one_message(&mut p, &lines);
+            assert_eq!(p.all.live_registrations, 1, "{lines:?}");
+        }
     }
 
     #[test]

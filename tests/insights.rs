@@ -17,11 +17,10 @@ use serde_json::Value;
 /// Lines per published NATS message: the events of one message share a stream sequence.
 const PER_MESSAGE: usize = 500;
 
-/// One event as published, with its arrival position and its message's place in the stream.
+/// One event as published, with its message's place in the stream.
 struct Ev {
     v: Value,
     ts: i64,
-    arrival: usize,
     seq: usize,
 }
 
@@ -181,7 +180,6 @@ fn unique(published: &[String]) -> Vec<Ev> {
         out.push(Ev {
             v,
             ts,
-            arrival,
             seq: arrival / PER_MESSAGE,
         });
     }

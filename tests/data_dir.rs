@@ -190,6 +190,12 @@ async fn the_default_data_dir_is_relative_to_the_working_directory() {
     assert!(tmp.path().join("passpulse-data/events").is_dir());
 }
 
+/// The server of the reader test: data dir `pp`, eager compaction, small flushes.
+async fn start_pp(cwd: &Path, nats: &Nats) -> Server {
+    let flags = ["--config", "pp.toml", "--flush-rows", "300"];
+    Server::start_from(cwd, Some("pp"), Some(nats), &flags).await
+}
+
 /// pyarrow lists `events/` over and over while the server ingests, flushes and compacts: every
 /// read sees each event at most once, never fewer than the previous read, and after the stop
 /// (and after a `kill -9` and restart) exactly all of them.
@@ -200,13 +206,7 @@ async fn outside_readers_see_every_event_exactly_once_while_the_server_compacts(
     let n = lines.len() as u64;
     std::fs::write(tmp.path().join("pp.toml"), STORAGE).unwrap();
     let nats = Nats::start();
-    let mut s = Server::start_from(
-        tmp.path(),
-        Some("pp"),
-        Some(&nats),
-        &["--config", "pp.toml", "--flush-rows", "300"],
-    )
-    .await;
+    let mut s = start_pp(tmp.path(), &nats).await;
     let events = tmp.path().join("pp/events");
     // the reader: a Python loop, reporting each read as "rows distinct" (or "retry" when a file
     // it listed was swapped out before it opened it)
@@ -262,26 +262,14 @@ async fn outside_readers_see_every_event_exactly_once_while_the_server_compacts(
     assert_eq!(pyarrow_count(&events), (n, n), "after a clean stop");
 
     // kill -9 right after new events: what readers see is committed, and complete after restart
-    let mut s = Server::start_from(
-        tmp.path(),
-        Some("pp"),
-        Some(&nats),
-        &["--config", "pp.toml", "--flush-rows", "300"],
-    )
-    .await;
+    let mut s = start_pp(tmp.path(), &nats).await;
     let more = generate(10, 1_000, 200.0, &tmp.path().join("more.ndjson"));
     publish_all(&nats, &more).await;
     s.wait_events((lines.len() + more.len()) as i64).await;
     s.kill9();
     let (rows, distinct) = pyarrow_count(&events);
     assert_eq!(rows, distinct, "after kill -9");
-    let s = Server::start_from(
-        tmp.path(),
-        Some("pp"),
-        Some(&nats),
-        &["--config", "pp.toml", "--flush-rows", "300"],
-    )
-    .await;
+    let s = start_pp(tmp.path(), &nats).await;
     let all = (lines.len() + more.len()) as u64;
     s.wait_events(all as i64).await;
     drop(s);

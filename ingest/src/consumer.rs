@@ -720,17 +720,23 @@ mod tests {
         let bus = BusConfig::default();
         crate::bus::ensure_streams(&js, &bus).await.unwrap();
         const N: u64 = 300;
-        for i in 0..N {
-            let ev = format!(
-                r#"{{"id":"e{i}","type":"link.clicked","ts":{},"source":"qr"}}"#,
-                1_700_000_000_000u64 + i
-            );
-            js.publish("passpulse.events.link.clicked", ev.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        let publish = |from: u64| {
+            let js = js.clone();
+            async move {
+                for i in from..from + N {
+                    let ev = format!(
+                        r#"{{"id":"e{i}","type":"link.clicked","ts":{},"source":"qr"}}"#,
+                        1_700_000_000_000u64 + i
+                    );
+                    js.publish("passpulse.events.link.clicked", ev.into())
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        publish(0).await;
         // the stream's 137th message fails to decode, once
         PANIC_ONCE_AT.store(137, Relaxed);
         let p = Pipeline::start(
@@ -758,17 +764,7 @@ mod tests {
         // a message the decoder never survives (stream sequence 455): the restart fails again,
         // so the chunk is decoded message by message and that one is dead-lettered, whole
         POISON_AT.store(455, Relaxed);
-        for i in N..2 * N {
-            let ev = format!(
-                r#"{{"id":"e{i}","type":"link.clicked","ts":{},"source":"qr"}}"#,
-                1_700_000_000_000u64 + i
-            );
-            js.publish("passpulse.events.link.clicked", ev.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        publish(N).await;
         let t0 = std::time::Instant::now();
         while p.engine.events_applied() < 2 * N - 1 && t0.elapsed() < Duration::from_secs(60) {
             tokio::time::sleep(Duration::from_millis(50)).await;

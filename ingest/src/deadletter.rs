@@ -252,6 +252,18 @@ pub fn spawn_publisher(
     (sink, task)
 }
 
+/// Bytes the header lines take on the wire (`Name: value\r\n` each).
+fn headers_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, vs)| {
+            vs.iter()
+                .map(|v| AsRef::<[u8]>::as_ref(k).len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum()
+}
+
 fn header_value(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -277,15 +289,7 @@ fn prepare(d: &DeadLetter, max_payload: usize) -> (HeaderMap, Bytes) {
         async_nats::header::NATS_MESSAGE_ID,
         format!("dl-{}-{}", d.seq, d.error.index).as_str(),
     );
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(k, vs)| {
-            vs.iter()
-                .map(|v| AsRef::<[u8]>::as_ref(k).len() + v.as_str().len() + 4)
-                .sum::<usize>()
-        })
-        .sum::<usize>()
-        + 64;
+    let header_bytes = headers_len(&headers) + 64;
     let room = max_payload.saturating_sub(header_bytes + 64);
     let mut bytes = d.bytes.clone();
     let mut original = d.truncated_from;
@@ -494,15 +498,7 @@ mod tests {
         let d = letter_of(&line, max_payload).unwrap();
         assert_eq!(d.bytes.len(), max_payload - 10);
         let (h, bytes) = prepare(&d, max_payload);
-        let header_bytes: usize = h
-            .iter()
-            .map(|(k, vs)| {
-                vs.iter()
-                    .map(|v| AsRef::<[u8]>::as_ref(k).len() + v.as_str().len() + 4)
-                    .sum::<usize>()
-            })
-            .sum::<usize>()
-            + "NATS/1.0\r\n\r\n".len();
+        let header_bytes = headers_len(&h) + "NATS/1.0\r\n\r\n".len();
         assert!(
             header_bytes + bytes.len() <= max_payload,
             "{header_bytes} + {}",

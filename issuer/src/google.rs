@@ -239,13 +239,7 @@ pub fn pass_object(
 
     let mut modules = Vec::new();
     let mut seat = Map::new();
-    for group in [
-        "headerFields",
-        "primaryFields",
-        "secondaryFields",
-        "auxiliaryFields",
-        "backFields",
-    ] {
+    for group in crate::template::FIELD_GROUPS {
         for f in apple[&spec.style]
             .get(group)
             .and_then(Value::as_array)

@@ -137,13 +137,7 @@ pub fn validate(
         ));
     }
     let style = &p[styles[0]];
-    for group in [
-        "headerFields",
-        "primaryFields",
-        "secondaryFields",
-        "auxiliaryFields",
-        "backFields",
-    ] {
+    for group in crate::template::FIELD_GROUPS {
         for f in style
             .get(group)
             .and_then(Value::as_array)

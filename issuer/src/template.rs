@@ -24,6 +24,15 @@ pub const STYLES: [&str; 5] = [
     "storeCard",
 ];
 
+/// The field groups of a pass style, in the order Apple Wallet lays them out.
+pub const FIELD_GROUPS: [&str; 5] = [
+    "headerFields",
+    "primaryFields",
+    "secondaryFields",
+    "auxiliaryFields",
+    "backFields",
+];
+
 /// A field of the pass, before its placeholders are filled.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

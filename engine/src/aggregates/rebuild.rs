@@ -57,43 +57,12 @@ fn apply_batch(aggs: &mut Aggregates, batch: &RecordBatch) -> Result<(), String>
         .as_primitive::<TimestampMillisecondType>()
         .clone();
     let value = col("value")?.as_primitive::<Float64Type>().clone();
-    let [
-        id,
-        kind,
-        pass,
-        program,
-        customer,
-        device,
-        platform,
-        location,
-        operator,
-        source,
-        campaign,
-        offer,
-        result,
-        attrs,
-    ] = [
-        "id", "type", "pass", "program", "customer", "device", "platform", "location", "operator",
-        "source", "campaign", "offer", "result", "attrs",
-    ]
-    .map(|n| strings(batch, n));
-    let (id, kind, platform) = (id?, kind?, platform?);
-    let [
-        pass,
-        program,
-        customer,
-        device,
-        location,
-        operator,
-        source,
-        campaign,
-        offer,
-        result,
-        attrs,
-    ] = [
-        pass?, program?, customer?, device?, location?, operator?, source?, campaign?, offer?,
-        result?, attrs?,
-    ];
+    let s = |name: &str| strings(batch, name);
+    let (id, kind, platform) = (s("id")?, s("type")?, s("platform")?);
+    let (pass, program, customer, device) =
+        (s("pass")?, s("program")?, s("customer")?, s("device")?);
+    let (location, operator, source) = (s("location")?, s("operator")?, s("source")?);
+    let (campaign, offer, result, attrs) = (s("campaign")?, s("offer")?, s("result")?, s("attrs")?);
     for i in 0..batch.num_rows() {
         let Some(k) = EventType::parse(kind.value(i)) else {
             return Err(format!("row {i}: unknown event type {:?}", kind.value(i)));

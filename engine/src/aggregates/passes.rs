@@ -255,6 +255,15 @@ fn slot<'a>(
     }
 }
 
+/// The slice name of a symbol (`(unknown)` for none); a free function so that the caller may
+/// hold a pass's state beside it.
+fn key_of(unknown: &mut Option<Arc<str>>, symbols: &[Arc<str>], v: Sym) -> Arc<str> {
+    match v {
+        Sym::NONE => unknown.get_or_insert_with(|| Arc::from(UNKNOWN)).clone(),
+        Sym(i) => symbols[i as usize].clone(),
+    }
+}
+
 impl Passes {
     /// Bytes a snapshot of this state takes, roughly (a capacity hint).
     pub(crate) fn snapshot_size_hint(&self) -> usize {
@@ -280,13 +289,7 @@ impl Passes {
     }
 
     fn key(&mut self, v: Sym) -> Arc<str> {
-        match v {
-            Sym::NONE => self
-                .unknown
-                .get_or_insert_with(|| Arc::from(UNKNOWN))
-                .clone(),
-            Sym(i) => self.symbols[i as usize].clone(),
-        }
+        key_of(&mut self.unknown, &self.symbols, v)
     }
 
     /// Adds (`sign` = 1) or removes (-1) a pass's contribution to the programme/source slices
@@ -398,13 +401,12 @@ impl Passes {
     ) {
         let st = slot(&mut self.table, &mut self.arena, &self.hasher, pass);
         // ever installed: any install counts, even one older than the registration's state
-        if live && st.stages & INSTALLED == 0 {
+        let first_install = live && st.stages & INSTALLED == 0;
+        if first_install {
             st.stages |= INSTALLED;
-            let source = st.source;
-            let sk = self.key(source);
+            let sk = key_of(&mut self.unknown, &self.symbols, st.source);
             self.funnel.entry(sk).or_default().add_stages(INSTALLED, 1);
         }
-        let st = slot(&mut self.table, &mut self.arena, &self.hasher, pass);
         let before = st.live_by_platform(&self.more);
         let arena = &self.arena;
         let found = st

@@ -28,7 +28,8 @@ pub struct CompactArgs {
     /// Size of the merged files, MiB (files of half this size or more are left alone).
     #[arg(long, default_value_t = 128)]
     pub target_mb: u64,
-    /// Also drop partitions older than this behind the newest event, e.g. 400d.
+    /// Also drop the events of UTC days that ended longer than this before the newest event
+    /// (never later than now), e.g. 400d.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
 }
@@ -93,8 +94,8 @@ fn render(i: &Inspection) -> String {
     for p in &i.partitions {
         let _ = writeln!(
             o,
-            "  date={}  files {:>4}  rows {:>12}  bytes {:>12}",
-            p.date, p.files, p.rows, p.bytes
+            "  {}  files {:>4}  rows {:>12}  bytes {:>12}",
+            p.partition, p.files, p.rows, p.bytes
         );
     }
     let bad: Vec<_> = i

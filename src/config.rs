@@ -49,11 +49,12 @@ pub struct StorageSection {
     pub row_group_rows: usize,
     /// ZSTD level of Parquet files (1–22).
     pub zstd_level: i32,
-    /// Compact a day's partition once it has this many small files.
+    /// Compact a month's partition once it has this many small files of one size class.
     pub compact_min_files: usize,
     /// Target size of compacted files, MiB.
     pub compact_target_mb: u64,
-    /// Drop partitions older than this behind the watermark (unset: keep everything).
+    /// Drop the events of UTC days that ended longer than this before the watermark, never later
+    /// than now (unset: keep everything).
     #[serde(with = "humantime_serde")]
     pub retention: Option<Duration>,
     /// How long (in arrival time) an event id is remembered to refuse duplicates.
@@ -287,7 +288,7 @@ pub struct ServeArgs {
     /// Flush events held longer than this, e.g. 60s.
     #[arg(long, env = "PASSPULSE_FLUSH_INTERVAL", value_parser = humantime::parse_duration)]
     pub flush_interval: Option<Duration>,
-    /// Drop Parquet partitions older than this behind the watermark, e.g. 400d.
+    /// Drop the events of days that ended longer than this before the watermark, e.g. 400d.
     #[arg(long, env = "PASSPULSE_RETENTION", value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
     /// Remember event ids this long (arrival time) to refuse duplicates, e.g. 24h.

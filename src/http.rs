@@ -334,10 +334,10 @@ async fn metrics(State(st): State<AppState>) -> Response {
             pg(&p.files_deleted),
         ),
         (
-            "passpulse_partitions_dropped_total",
+            "passpulse_expired_rows_total",
             "counter",
-            "Day partitions dropped by retention.",
-            pg(&p.partitions_dropped),
+            "Events dropped by retention (their UTC day ended longer than the retention before the watermark).",
+            pg(&p.expired_rows),
         ),
         (
             "passpulse_corrupt_checkpoints_total",

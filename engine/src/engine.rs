@@ -828,16 +828,27 @@ mod tests {
         }
         w.close();
         let snap = e.hot_snapshot();
-        let days: std::collections::BTreeSet<i32> =
-            snap.files.files.iter().map(|f| f.day).collect();
-        // the watermark is in day 9: days ending more than 3 days before it are gone
+        let days: std::collections::BTreeSet<i32> = snap
+            .files
+            .files
+            .iter()
+            .flat_map(|f| time::day(f.min_ts)..=time::day(f.max_ts))
+            .collect();
+        // the watermark is in day 9: days ending more than 3 days before it are gone, to the
+        // row, though merged files held expired and kept days together
         assert_eq!(days.into_iter().collect::<Vec<_>>(), vec![6, 7, 8, 9]);
         assert_eq!(snap.files.rows(), 4 * 100);
-        // each day's small files were merged as they accumulated
+        assert_eq!(e.persist_metrics().expired_rows.load(Relaxed), 6 * 100);
+        // the month's small files were merged as they accumulated
         assert!(e.persist_metrics().compactions.load(Relaxed) >= 4);
         assert!(snap.files.files.len() < 4 * 4, "{:?}", snap.files.files);
+        assert!(
+            snap.files
+                .files
+                .iter()
+                .all(|f| f.partition() == "events/month=1970-01")
+        );
         assert_eq!(e.events_applied(), 1_000, "aggregates keep all of history");
-        assert!(e.persist_metrics().partitions_dropped.load(Relaxed) >= 6);
         // nothing on disk but what the checkpoint names (no grace here)
         let on_disk = crate::persist::inspect(dir.path()).unwrap();
         assert!(
@@ -846,6 +857,134 @@ mod tests {
             on_disk.unreferenced
         );
     }
+    /// Lists `<root>/events` as `partition/file` paths, sorted.
+    fn published(root: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = crate::persist::fsio_walk(&root.join("events"))
+            .iter()
+            .map(|p| {
+                p.strip_prefix(root.join("events"))
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_directory_with_day_partitions_moves_to_month_partitions_at_start() {
+        use crate::persist::{Checkpoint, read_checkpoint};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut pc = PersistConfig::new(root);
+        pc.delete_grace = Duration::ZERO;
+        let cfg = EngineConfig {
+            persist: Some(pc),
+            ..EngineConfig::default()
+        };
+        // six days in two months (January and February 1970), one flush a day: one file a day
+        let (mut w, _, _) = open_engine(cfg.clone()).unwrap();
+        let mut seq = 0u64;
+        for d in [28i64, 29, 30, 31, 32, 33] {
+            let mut b = DecodedBatch::new();
+            b.set_arrival(1);
+            for k in 0..20 {
+                seq += 1;
+                let ts = d * time::DAY_MS + k * 60_000;
+                let line = format!(
+                    r#"{{"id":"m{seq}","type":"scan","ts":{ts},"pass":"p{k}","location":"l","device":"d","operator":"o"}}"#
+                );
+                decode_message(line.as_bytes(), seq, &mut b, |e, _| panic!("{e}"));
+            }
+            w.apply(&b);
+            w.start_flush();
+            while w.persist.as_ref().is_some_and(|p| p.in_flight) {
+                let p = w.persist.as_mut().unwrap();
+                let done = p.flusher.wait_done().unwrap();
+                EngineWriter::on_done(&mut w.store, p, done);
+            }
+        }
+        w.close();
+        // rewrite the directory the way an older build laid it out: events/date=YYYY-MM-DD/,
+        // in store/ and in the published view, named by the newest checkpoint alone
+        let ckdir = root.join("checkpoints");
+        let mut gens: Vec<u64> = std::fs::read_dir(&ckdir)
+            .unwrap()
+            .filter_map(|e| Checkpoint::generation_of(&e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        gens.sort();
+        let newest = *gens.last().unwrap();
+        let (mut ck, aggs) = read_checkpoint(&ckdir.join(Checkpoint::file_name(newest))).unwrap();
+        assert_eq!(ck.files.len(), 6, "{:?}", ck.files);
+        for g in &gens[..gens.len() - 1] {
+            std::fs::remove_file(ckdir.join(Checkpoint::file_name(*g))).unwrap();
+        }
+        std::fs::remove_dir_all(root.join("events")).unwrap();
+        for f in &mut ck.files {
+            let old = format!("events/date={}/{}", time::format_day(f.day), f.name());
+            for base in [root.join("store"), root.to_path_buf()] {
+                std::fs::create_dir_all(base.join(&old).parent().unwrap()).unwrap();
+            }
+            std::fs::rename(
+                root.join("store").join(&f.path),
+                root.join("store").join(&old),
+            )
+            .unwrap();
+            std::fs::hard_link(root.join("store").join(&old), root.join(&old)).unwrap();
+            f.path = old;
+        }
+        std::fs::write(ckdir.join(Checkpoint::file_name(newest)), ck.encode(&aggs)).unwrap();
+        assert_eq!(published(root).len(), 6);
+        assert!(published(root)[0].starts_with("date=1970-01-29/"));
+
+        // a new build opens it: the files move to their months, every row stays
+        let (mut w, e, _) = open_engine(cfg.clone()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while e
+            .hot_snapshot()
+            .files
+            .files
+            .iter()
+            .any(|f| f.in_day_partition())
+        {
+            assert!(Instant::now() < deadline, "the move did not happen");
+            std::thread::sleep(Duration::from_millis(20));
+            w.idle();
+        }
+        w.close();
+        let (w, e, _) = open_engine(cfg).unwrap();
+        let files = e.hot_snapshot().files.clone();
+        assert_eq!(files.rows(), 120);
+        assert_eq!(e.events_applied(), 120);
+        let parts: std::collections::BTreeSet<&str> =
+            files.files.iter().map(|f| f.partition()).collect();
+        assert_eq!(
+            parts.into_iter().collect::<Vec<_>>(),
+            vec!["events/month=1970-01", "events/month=1970-02"]
+        );
+        let shown = published(root);
+        assert!(
+            shown
+                .iter()
+                .all(|p| p.starts_with("month=1970-01/") || p.starts_with("month=1970-02/")),
+            "{shown:?}"
+        );
+        assert_eq!(shown.len(), files.files.len());
+        let rows: usize = shown
+            .iter()
+            .map(|p| {
+                crate::persist::read_file(&root.join("events").join(p))
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.num_rows())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(rows, 120, "the published view holds every row once");
+        w.close();
+    }
+
     #[test]
     fn one_event_far_in_the_future_makes_retention_drop_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -876,7 +1015,7 @@ mod tests {
             e.stats().watermark.as_deref(),
             Some("9999-12-31T00:00:00.000Z")
         );
-        assert_eq!(e.persist_metrics().partitions_dropped.load(Relaxed), 0);
+        assert_eq!(e.persist_metrics().expired_rows.load(Relaxed), 0);
         // what the checkpoint names, as the next start sees it
         let (w, e, _) = open_engine(cfg).unwrap();
         assert_eq!(

@@ -107,11 +107,32 @@ pub fn format_day(day: i32) -> String {
     format_millis(day as i64 * DAY_MS)[..10].to_string()
 }
 
-/// Day bucket of a `YYYY-MM-DD` text (a partition directory's date), if it is one.
+/// Day bucket of a `YYYY-MM-DD` text, if it is one.
 pub fn parse_day(s: &str) -> Option<i32> {
     let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
     i32::try_from((d - epoch).num_days()).ok()
+}
+
+/// The UTC calendar month holding day bucket `day`: its first day and the first day of the next
+/// month (day buckets).
+pub fn month_bounds(day: i32) -> (i32, i32) {
+    use chrono::Datelike;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+    let Some(d) = epoch.checked_add_signed(chrono::TimeDelta::days(day as i64)) else {
+        return (day, day + 1);
+    };
+    let first = d.with_day(1).expect("every month has a first day");
+    let next = first
+        .checked_add_months(chrono::Months::new(1))
+        .unwrap_or(first);
+    let days = |x: chrono::NaiveDate| (x - epoch).num_days() as i32;
+    (days(first), days(next).max(day + 1))
+}
+
+/// `YYYY-MM` of the month holding day bucket `day`.
+pub fn format_month(day: i32) -> String {
+    format_day(day)[..7].to_string()
 }
 
 /// Wall-clock now, epoch millis.
@@ -125,6 +146,25 @@ pub fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn months_are_calendar_months() {
+        let d = |s| parse_day(s).unwrap();
+        assert_eq!(
+            month_bounds(d("2024-02-29")),
+            (d("2024-02-01"), d("2024-03-01"))
+        );
+        assert_eq!(
+            month_bounds(d("2026-12-01")),
+            (d("2026-12-01"), d("2027-01-01"))
+        );
+        assert_eq!(month_bounds(0), (0, 31));
+        assert_eq!(format_month(d("2026-12-31")), "2026-12");
+        assert_eq!(
+            month_bounds(d("9999-12-31")),
+            (d("9999-12-01"), d("9999-12-31") + 1)
+        );
+    }
 
     #[test]
     fn rfc3339_with_offset_and_fraction() {

@@ -1,30 +1,36 @@
 //! The flusher: a thread that turns flush jobs from the engine's writer into Parquet files and a
 //! checkpoint, then compacts small files, applies retention and deletes what no checkpoint needs.
 //!
+//! Before the first job it moves a directory an older build wrote with day partitions to month
+//! partitions (`State::migrate`) and catches up with retention and compaction.
+//!
 //! One job at a time, in order. A job is committed by its checkpoint: Parquet files and the id
 //! segment first (each durable), the checkpoint last. A failed attempt (disk full, permission
 //! denied) is logged, counted and retried with backoff; the checkpoint never names data that is
 //! not on disk, and the writer keeps the rows in memory (and, past its bound, stops consuming, so
 //! JetStream holds the backlog) until the job succeeds.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray;
+use arrow::datatypes::TimestampMillisecondType;
 use arrow::record_batch::RecordBatch;
 use parquet::file::properties::WriterProperties;
 use tracing::{error, info, warn};
 
 use super::checkpoint::{CHECKPOINT_DIR, DEDUP_DIR, encode_segment};
-use super::fsio::{remove, write_atomic};
+use super::fsio::{ensure_dir, remove, sync_dir, write_atomic};
 use super::parquet::{read_file, write_sorted, writer_properties};
-use super::publish::{STORE_DIR, publish_all, publish_day};
+use super::publish::{STORE_DIR, publish_all, publish_partition};
 use super::recover::remove_empty_partitions;
 use super::{
-    Checkpoint, DataFile, FileSet, PersistConfig, PersistError, PersistMetrics, SegmentRef,
+    COLD_AFTER_DAYS, Checkpoint, DataFile, FileSet, PersistConfig, PersistError, PersistMetrics,
+    SegmentRef, partition_dir,
 };
 use crate::dedup::Minute;
 use crate::store::SealedBatch;
@@ -90,7 +96,12 @@ impl Flusher {
         let thread = std::thread::Builder::new()
             .name("passpulse-flush".into())
             .spawn(move || {
-                let mut next = None;
+                // an older build's day partitions move to months, and retention and compaction
+                // catch up, before the first job (which waits if one arrives meanwhile)
+                let (files, mut next) = state.maintain(&rx);
+                if let Some(files) = files {
+                    let _ = done_tx.send(FlushDone::Files(files));
+                }
                 loop {
                     let job = match next.take() {
                         Some(j) => j,
@@ -248,7 +259,7 @@ impl State {
             &batches,
             &self.props,
         )?;
-        let days: HashSet<i32> = files.iter().map(|f| f.day).collect();
+        let parts: BTreeSet<String> = files.iter().map(|f| f.partition().to_string()).collect();
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let bytes: u64 = files.iter().map(|f| f.bytes).sum();
         let mut segments: Vec<SegmentRef> = self
@@ -282,16 +293,22 @@ impl State {
         };
         self.commit(ckpt, job.aggregates.clone())?;
         self.metrics.flushed_bytes.fetch_add(bytes, Relaxed);
-        self.publish(days);
+        self.publish(parts);
         Ok(rows)
     }
 
-    /// Shows outside readers the committed files of `days` (see `publish`). A failure is not the
-    /// flush's: the commit stands, and the whole view is published again after the next job.
-    fn publish(&mut self, days: impl IntoIterator<Item = i32>) {
-        for day in days {
-            let want: Vec<&DataFile> = self.current.files.iter().filter(|f| f.day == day).collect();
-            if let Err(e) = publish_day(&self.cfg.dir, day, &want) {
+    /// Shows outside readers the committed files of the partition directories `parts` (see
+    /// `publish`). A failure is not the flush's: the commit stands, and the whole view is
+    /// published again after the next job.
+    fn publish(&mut self, parts: impl IntoIterator<Item = String>) {
+        for part in parts {
+            let want: Vec<&DataFile> = self
+                .current
+                .files
+                .iter()
+                .filter(|f| f.partition() == part)
+                .collect();
+            if let Err(e) = publish_partition(&self.cfg.dir, &part, &want) {
                 warn!(error = %e, "cannot update the published events/ view; retrying after the next flush");
                 self.republish = true;
             }
@@ -352,6 +369,12 @@ impl State {
                 }
             }
         }
+        match self.migrate() {
+            Ok(c) => changed |= c,
+            Err(e) => {
+                warn!(error = %e, "cannot move day partitions to month partitions; will retry after the next flush")
+            }
+        }
         match self.apply_retention() {
             Ok(c) => changed |= c,
             Err(e) => warn!(error = %e, "retention failed; will retry after the next flush"),
@@ -385,6 +408,67 @@ impl State {
         (changed.then(|| self.file_set()), waiting)
     }
 
+    /// Moves the files an older build wrote into day partitions (`events/date=…`) to the month
+    /// partitions of their day: each is linked under its month with the same name (names are
+    /// unique across partitions: generation and index), one checkpoint names the new paths, and
+    /// the published view is swapped whole, so an outside reader sees the old layout or the new
+    /// one, every event once. No byte is rewritten; compaction then merges each month's small
+    /// files. A crash before the commit leaves links no checkpoint names, which recovery
+    /// deletes; the move is then done again.
+    fn migrate(&mut self) -> Result<bool, PersistError> {
+        let moving = self
+            .current
+            .files
+            .iter()
+            .filter(|f| f.in_day_partition())
+            .count();
+        if moving == 0 {
+            return Ok(false);
+        }
+        let t0 = Instant::now();
+        let store = self.cfg.dir.join(STORE_DIR);
+        let mut ckpt = self.current.clone();
+        let mut dirs = BTreeSet::new();
+        for f in ckpt.files.iter_mut().filter(|f| f.in_day_partition()) {
+            let to = format!("{}/{}", partition_dir(f.day), f.name());
+            let (from_abs, to_abs) = (store.join(&f.path), store.join(&to));
+            if let Some(dir) = to_abs.parent() {
+                ensure_dir(dir)?;
+                dirs.insert(dir.to_path_buf());
+            }
+            let _ = std::fs::remove_file(&to_abs);
+            if std::fs::hard_link(&from_abs, &to_abs).is_err() {
+                // a file system without hard links
+                std::fs::copy(&from_abs, &to_abs).map_err(|e| PersistError::io(&to_abs, e))?;
+                std::fs::File::open(&to_abs)
+                    .and_then(|h| h.sync_all())
+                    .map_err(|e| PersistError::io(&to_abs, e))?;
+            }
+            f.path = to;
+        }
+        for d in &dirs {
+            sync_dir(d)?;
+        }
+        ckpt.generation = self.next_generation;
+        ckpt.created_at = time::now_millis();
+        self.commit(ckpt, self.aggregates.clone())?;
+        if let Err(e) = publish_all(&self.cfg.dir, &self.current.files) {
+            warn!(error = %e, "cannot update the published events/ view; retrying after the next flush");
+            self.republish = true;
+        }
+        info!(
+            files = moving,
+            ms = t0.elapsed().as_millis() as u64,
+            "moved the day partitions of an older build to month partitions"
+        );
+        Ok(true)
+    }
+
+    /// Drops the events of every UTC day that ended longer than `retention` before the
+    /// watermark (never later than now): files holding only such days are dropped, a file that
+    /// also holds kept days is rewritten with its kept rows (its rows are sorted by time, so
+    /// they are its tail). The cutoff moves by whole days, so a file is rewritten at most once a
+    /// day.
     fn apply_retention(&mut self) -> Result<bool, PersistError> {
         let (Some(keep), Some(wm)) = (self.cfg.retention, self.current.watermark) else {
             return Ok(false);
@@ -395,58 +479,95 @@ impl State {
         // partition look expired. (The decoder already refuses events far ahead of their
         // arrival; this holds even when that bound is configured off.)
         let cutoff = wm.min(time::now_millis()) - keep.as_millis() as i64;
-        let expired = |f: &DataFile| (f.day as i64 + 1) * time::DAY_MS <= cutoff;
-        let dropped: HashSet<i32> = self
+        // a day expires once it ended at or before the cutoff: rows from this instant on stay
+        let keep_from = cutoff.div_euclid(time::DAY_MS) * time::DAY_MS;
+        let touched: Vec<DataFile> = self
             .current
             .files
             .iter()
-            .filter(|f| expired(f))
-            .map(|f| f.day)
+            .filter(|f| f.min_ts < keep_from)
+            .cloned()
             .collect();
-        if dropped.is_empty() {
+        if touched.is_empty() {
             return Ok(false);
         }
+        let t0 = Instant::now();
+        let g = self.next_generation;
+        let store = self.cfg.dir.join(STORE_DIR);
+        let mut expired = 0;
+        let mut kept_files = Vec::new();
+        for (k, f) in touched.iter().enumerate() {
+            if f.max_ts < keep_from {
+                expired += f.rows;
+                continue;
+            }
+            let mut kept = Vec::new();
+            for b in read_file(&store.join(&f.path))? {
+                let ts = b
+                    .column(super::parquet::TS)
+                    .as_primitive::<TimestampMillisecondType>();
+                let from = ts.values().partition_point(|&t| t < keep_from);
+                expired += from as u64;
+                if from < b.num_rows() {
+                    kept.push(b.slice(from, b.num_rows() - from));
+                }
+            }
+            kept_files.extend(write_sorted(
+                &store,
+                &format!("trim-{g:010}-{k}"),
+                &kept,
+                &self.props,
+            )?);
+        }
+        let gone: HashSet<&str> = touched.iter().map(|f| f.path.as_str()).collect();
+        let mut parts: BTreeSet<String> =
+            touched.iter().map(|f| f.partition().to_string()).collect();
+        parts.extend(kept_files.iter().map(|f| f.partition().to_string()));
         let mut ckpt = self.current.clone();
-        ckpt.files.retain(|f| !expired(f));
-        ckpt.generation = self.next_generation;
+        ckpt.files.retain(|f| !gone.contains(f.path.as_str()));
+        ckpt.files.extend(kept_files);
+        ckpt.generation = g;
         ckpt.created_at = time::now_millis();
         self.commit(ckpt, self.aggregates.clone())?;
-        self.publish(dropped.iter().copied());
-        self.metrics
-            .partitions_dropped
-            .fetch_add(dropped.len() as u64, Relaxed);
+        self.publish(parts);
+        self.metrics.expired_rows.fetch_add(expired, Relaxed);
         info!(
-            partitions = dropped.len(),
-            "retention dropped old partitions"
+            before = %time::format_day(time::day(keep_from)),
+            rows = expired,
+            files = touched.len(),
+            ms = t0.elapsed().as_millis() as u64,
+            "retention dropped the events of expired days"
         );
         Ok(true)
     }
 
-    /// Compacts the small files of one partition, if any partition has enough of them.
-    ///
-    /// Online the policy is size-tiered: files are grouped by size class (powers of 4) and only
-    /// `compact_min_files` files of one class are merged, so a merged file joins a higher class
-    /// instead of being rewritten with every new flush file: each byte is rewritten about
-    /// log₄(target / flush file size) times, not once per flush. Offline (`passpulse compact`)
-    /// every small file of a day is merged.
-    fn compact_one(&mut self) -> Result<bool, PersistError> {
+    /// The first day a partition's month must have ended before for the partition to be cold
+    /// (see [`COLD_AFTER_DAYS`]), if there is a watermark.
+    fn cold_before(&self) -> Option<i32> {
+        let wm = self.current.watermark?.min(time::now_millis());
+        Some(time::day(wm) - COLD_AFTER_DAYS)
+    }
+
+    /// The partition to compact next and its files to merge (with their bytes), if any
+    /// partition has enough small files of one size class (see `compact_one`).
+    fn pick_compaction(&self) -> Option<(String, Vec<DataFile>, u64)> {
         let target = self.cfg.compact_target_bytes;
-        let mut by_class: HashMap<(i32, u32), Vec<&DataFile>> = HashMap::new();
+        let cold_before = self.cold_before();
+        let mut by_class: BTreeMap<(&str, u32), (bool, Vec<&DataFile>)> = BTreeMap::new();
         for f in &self.current.files {
-            if f.bytes < target / 2 {
-                let class = if self.tiered {
+            if f.bytes < target / 2 && !f.in_day_partition() {
+                let cold = cold_before.is_some_and(|c| time::month_bounds(f.day).1 <= c);
+                let class = if self.tiered && !cold {
                     f.bytes.max(1).ilog2() / 2
                 } else {
                     0
                 };
-                by_class.entry((f.day, class)).or_default().push(f);
+                let e = by_class.entry((f.partition(), class)).or_default();
+                e.0 = cold;
+                e.1.push(f);
             }
         }
-        let mut classes: Vec<(i32, u32)> = by_class.keys().copied().collect();
-        classes.sort_unstable();
-        for key in classes {
-            let day = key.0;
-            let mut small = by_class.remove(&key).unwrap_or_default();
+        for ((part, _), (cold, mut small)) in by_class {
             small.sort_by_key(|f| (f.min_ts, f.min_seq));
             let mut picked: Vec<DataFile> = Vec::new();
             let mut total = 0;
@@ -457,40 +578,61 @@ impl State {
                 total += f.bytes;
                 picked.push(f.clone());
             }
-            if picked.len() < self.cfg.compact_min_files.max(2) {
-                continue;
+            let min_files = if cold {
+                2
+            } else {
+                self.cfg.compact_min_files.max(2)
+            };
+            if picked.len() >= min_files {
+                return Some((part.to_string(), picked, total));
             }
-            let t0 = Instant::now();
-            let mut batches = Vec::new();
-            for f in &picked {
-                batches.extend(read_file(&self.cfg.dir.join(STORE_DIR).join(&f.path))?);
-            }
-            let g = self.next_generation;
-            let merged = write_sorted(
-                &self.cfg.dir.join(STORE_DIR),
-                &format!("compact-{g:010}"),
-                &batches,
-                &self.props,
-            )?;
-            let gone: HashSet<&str> = picked.iter().map(|f| f.path.as_str()).collect();
-            let mut ckpt = self.current.clone();
-            ckpt.files.retain(|f| !gone.contains(f.path.as_str()));
-            ckpt.files.extend(merged);
-            ckpt.generation = g;
-            ckpt.created_at = time::now_millis();
-            self.commit(ckpt, self.aggregates.clone())?;
-            self.publish([day]);
-            self.metrics.compactions.fetch_add(1, Relaxed);
-            info!(
-                day = %time::format_day(day),
-                files = picked.len(),
-                bytes = total,
-                ms = t0.elapsed().as_millis() as u64,
-                "compacted a partition"
-            );
-            return Ok(true);
         }
-        Ok(false)
+        None
+    }
+
+    /// Compacts the small files of one partition, if any partition has enough of them.
+    ///
+    /// Online the policy is size-tiered: files are grouped by size class (powers of 4) and only
+    /// `compact_min_files` files of one class are merged, so a merged file joins a higher class
+    /// instead of being rewritten with every new flush file: each byte is rewritten about
+    /// log₄(target / flush file size) times, not once per flush. Offline (`passpulse compact`)
+    /// every small file of a partition is merged. A cold partition (its month ended
+    /// [`COLD_AFTER_DAYS`] before the watermark) merges all its small files once it has two,
+    /// online too: it will rarely change again, and a backfill of years of history then leaves
+    /// about one file per month.
+    fn compact_one(&mut self) -> Result<bool, PersistError> {
+        let Some((part, picked, total)) = self.pick_compaction() else {
+            return Ok(false);
+        };
+        let t0 = Instant::now();
+        let mut batches = Vec::new();
+        for f in &picked {
+            batches.extend(read_file(&self.cfg.dir.join(STORE_DIR).join(&f.path))?);
+        }
+        let g = self.next_generation;
+        let merged = write_sorted(
+            &self.cfg.dir.join(STORE_DIR),
+            &format!("compact-{g:010}"),
+            &batches,
+            &self.props,
+        )?;
+        let gone: HashSet<&str> = picked.iter().map(|f| f.path.as_str()).collect();
+        let mut ckpt = self.current.clone();
+        ckpt.files.retain(|f| !gone.contains(f.path.as_str()));
+        ckpt.files.extend(merged);
+        ckpt.generation = g;
+        ckpt.created_at = time::now_millis();
+        self.commit(ckpt, self.aggregates.clone())?;
+        self.publish([part.clone()]);
+        self.metrics.compactions.fetch_add(1, Relaxed);
+        info!(
+            partition = %part,
+            files = picked.len(),
+            bytes = total,
+            ms = t0.elapsed().as_millis() as u64,
+            "compacted a partition"
+        );
+        Ok(true)
     }
 
     /// Deletes files that no kept checkpoint names, once they have been unneeded for the grace
@@ -578,11 +720,12 @@ pub fn compact_dir(mut cfg: PersistConfig) -> Result<CompactReport, PersistError
         files_before: st.current.files.len(),
         ..Default::default()
     };
+    let migrated = st.migrate()?;
     let dropped = st.apply_retention()?;
     while st.compact_one()? {
         report.compactions += 1;
     }
-    if dropped || report.compactions > 0 {
+    if migrated || dropped || report.compactions > 0 {
         // the directory then holds exactly the newest checkpoint's files, for any reader
         st.cfg.keep_checkpoints = 1;
         st.trim_retained();

@@ -48,7 +48,8 @@ pub struct CheckpointInfo {
 
 #[derive(Debug, Serialize)]
 pub struct PartitionInfo {
-    pub date: String,
+    /// The partition directory under `events/` (`month=YYYY-MM`).
+    pub partition: String,
     pub files: usize,
     pub rows: u64,
     pub bytes: u64,
@@ -158,17 +159,20 @@ pub fn inspect(dir: &Path) -> Result<Inspection, PersistError> {
             }),
         }
     }
-    let mut partitions: BTreeMap<i32, PartitionInfo> = BTreeMap::new();
+    let mut partitions: BTreeMap<String, PartitionInfo> = BTreeMap::new();
     let mut files = Vec::new();
     let mut totals = Totals::default();
     if let Some(c) = &current {
         for f in &c.files {
-            let p = partitions.entry(f.day).or_insert_with(|| PartitionInfo {
-                date: time::format_day(f.day),
-                files: 0,
-                rows: 0,
-                bytes: 0,
-            });
+            let part = f.partition().trim_start_matches("events/").to_string();
+            let p = partitions
+                .entry(part.clone())
+                .or_insert_with(|| PartitionInfo {
+                    partition: part,
+                    files: 0,
+                    rows: 0,
+                    bytes: 0,
+                });
             p.files += 1;
             p.rows += f.rows;
             p.bytes += f.bytes;

@@ -5,8 +5,8 @@
 //! Layout under the data directory:
 //!
 //! ```text
-//! store/events/date=YYYY-MM-DD/part-<generation>-<n>.parquet   the engine's copy: events, sorted by (ts, seq), ZSTD
-//! events/date=YYYY-MM-DD/part-<generation>-<n>.parquet         the published view: hard links of exactly the newest checkpoint's files
+//! store/events/month=YYYY-MM/part-<generation>-<n>.parquet   the engine's copy: events, sorted by (ts, seq), ZSTD
+//! events/month=YYYY-MM/part-<generation>-<n>.parquet         the published view: hard links of exactly the newest checkpoint's files
 //! dedup/ids-<generation>.bin                                   ids first seen in that flush
 //! checkpoints/checkpoint-<generation>.ckpt                     the commit record
 //! ```
@@ -17,6 +17,14 @@
 //! that crashed before its commit) is deleted at start: those events are replayed from the
 //! stream. See `flusher` for the write path, `recover` for the read path and `publish` for the
 //! view outside readers list.
+//!
+//! Partitions are UTC calendar months. Days were the partitions until issue 17: a backfill of
+//! years of history then left at least one file per day (30,000 events on distinct days made
+//! 30,001 files, and a query paid for every one). A month keeps the file count of a long history
+//! near that of recent data, while the files' time statistics still prune a time filter to the
+//! files that can match. A directory written with day partitions (`events/date=YYYY-MM-DD/`) is
+//! moved to month partitions by the flusher at start (`flusher::State::migrate`), in one swap
+//! of the published view.
 
 mod checkpoint;
 mod flusher;
@@ -57,12 +65,15 @@ pub struct PersistConfig {
     /// ZSTD level of the Parquet files (default 1: on these pages as small as level 3, and
     /// cheaper).
     pub zstd_level: i32,
-    /// Compact a partition once it has this many files smaller than `compact_target_bytes`
-    /// (default 8).
+    /// Compact a partition once it has this many files of one size class smaller than
+    /// `compact_target_bytes` (default 8). A partition whose month ended more than
+    /// [`COLD_AFTER_DAYS`] before the watermark merges all its small files once it has two.
     pub compact_min_files: usize,
     /// Files at least this large are left alone by compaction (default 128 MiB).
     pub compact_target_bytes: u64,
-    /// Drop partitions whose day ended longer than this before the watermark (default: keep all).
+    /// Drop events whose UTC day ended longer than this before the watermark (never later than
+    /// now); files holding expired and kept days are rewritten with the kept rows (default: keep
+    /// all).
     pub retention: Option<Duration>,
     /// Checkpoints kept on disk, newest first (default 3); older ones are the fall-back if the
     /// newest is damaged.
@@ -95,9 +106,10 @@ impl PersistConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataFile {
     /// Path of the published file relative to the data directory, `/`-separated
-    /// (`events/date=…/name.parquet`); the engine's own copy is `store/<path>`.
+    /// (`events/month=…/name.parquet`); the engine's own copy is `store/<path>`.
     pub path: String,
-    /// UTC day of every row (days since the epoch); the file lives in that day's partition.
+    /// UTC day of its first row (days since the epoch); the file lives in that day's month
+    /// partition (or, written by an older build, in that day's `date=` partition).
     pub day: i32,
     pub rows: u64,
     pub bytes: u64,
@@ -177,7 +189,8 @@ pub struct PersistMetrics {
     pub compactions: AtomicU64,
     pub compaction_failures: AtomicU64,
     pub files_deleted: AtomicU64,
-    pub partitions_dropped: AtomicU64,
+    /// Rows dropped by retention.
+    pub expired_rows: AtomicU64,
     /// Damaged checkpoints skipped and stray temp files removed at start.
     pub corrupt_checkpoints: AtomicU64,
     pub stray_files: AtomicU64,
@@ -200,7 +213,30 @@ pub fn resolve_dir(dir: &Path) -> Result<PathBuf, PersistError> {
     std::fs::canonicalize(dir).map_err(|e| PersistError::io(dir, e))
 }
 
-/// Path of the partition directory of `day`, relative to the data directory.
+/// A partition whose month ended more than this many days before the watermark is cold: late
+/// events for it are rare, so all its small files are merged once it has two.
+pub const COLD_AFTER_DAYS: i32 = 7;
+
+/// Path of the partition directory holding the rows of `day` (the day's UTC month), relative to
+/// the data directory.
 pub fn partition_dir(day: i32) -> String {
-    format!("events/date={}", crate::time::format_day(day))
+    format!("events/month={}", crate::time::format_month(day))
+}
+
+impl DataFile {
+    /// The partition directory the file lives in, relative to the data directory.
+    pub fn partition(&self) -> &str {
+        self.path.rsplit_once('/').map_or("", |(dir, _)| dir)
+    }
+
+    /// The file's name inside its partition.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+
+    /// Whether the file lives in a day partition an older build wrote (moved to month
+    /// partitions by `flusher::State::migrate`).
+    pub fn in_day_partition(&self) -> bool {
+        self.partition().starts_with("events/date=")
+    }
 }

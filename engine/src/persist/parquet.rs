@@ -1,5 +1,5 @@
 //! Parquet files of the `events` table: rows sorted by (ts, seq), split into one file per UTC
-//! day (`events/date=YYYY-MM-DD/`), ZSTD-compressed, with page statistics of the time columns
+//! month (`events/month=YYYY-MM/`), ZSTD-compressed, with page statistics of the time columns
 //! and the sort order recorded, so time filters prune files, row groups and pages. The Arrow schema is embedded, so
 //! dictionary columns read back as dictionaries; DuckDB, pyarrow or Spark read the files as they
 //! are.
@@ -24,7 +24,7 @@ use crate::time;
 
 /// Column positions in the events schema.
 const SEQ: usize = 0;
-const TS: usize = 4;
+pub(crate) const TS: usize = 4;
 
 /// Rows interleaved per step: within the 16-bit dictionary keys, so merging the dictionaries of
 /// many source batches can never overflow.
@@ -82,7 +82,7 @@ pub fn writer_properties(row_group_rows: usize, zstd_level: i32) -> WriterProper
     b.build()
 }
 
-/// Writes the rows of `batches` (events schema) sorted by (ts, seq), one file per UTC day, named
+/// Writes the rows of `batches` (events schema) sorted by (ts, seq), one file per UTC month, named
 /// `<stem>-<k>.parquet` under `root`. Files are durable when this returns.
 pub fn write_sorted(
     root: &Path,
@@ -103,7 +103,7 @@ pub fn write_sorted(
     if !keys.is_sorted() {
         keys.sort_unstable();
     }
-    // Events usually arrive in time order: then each day is a run of whole rows of the input,
+    // Events usually arrive in time order: then each month is a run of whole rows of the input,
     // written as zero-copy slices instead of gathered row by row.
     let in_order = keys.windows(2).all(|w| (w[0].2, w[0].3) < (w[1].2, w[1].3));
     let refs: Vec<&RecordBatch> = batches.iter().collect();
@@ -111,7 +111,8 @@ pub fn write_sorted(
     let mut start = 0;
     while start < keys.len() {
         let day = time::day(keys[start].0);
-        let len = keys[start..].partition_point(|k| time::day(k.0) == day);
+        let month_end = time::month_bounds(day).1 as i64 * time::DAY_MS;
+        let len = keys[start..].partition_point(|k| k.0 < month_end);
         let group = &keys[start..start + len];
         let rel = format!("{}/{stem}-{}.parquet", partition_dir(day), out.len());
         let path = root.join(&rel);
@@ -206,11 +207,15 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn rows_come_back_sorted_and_split_by_day() {
+    fn rows_come_back_sorted_and_split_by_month() {
         let mut b = DecodedBatch::new();
-        // three days, out of order, with a high-cardinality location
+        // three months (days 0, 40 and 80 of 1970, and the last hour of January), out of order,
+        // with a high-cardinality location
         for i in 0..5_000u64 {
-            let ts = (i as i64 * 7_919 % 3) * time::DAY_MS + (i as i64 % 1000) * 1000;
+            let ts = match i as i64 * 7_919 % 4 {
+                3 => 31 * time::DAY_MS - 3_600_000,
+                k => k * 40 * time::DAY_MS,
+            } + (i as i64 % 1000) * 1000;
             let line = format!(
                 r#"{{"id":"e{i}","type":"scan","ts":{ts},"pass":"p{i}","location":"l{i}","device":"d","operator":"o"}}"#
             );
@@ -229,8 +234,10 @@ mod tests {
         for f in &files {
             assert!(
                 f.path
-                    .starts_with(&format!("events/date={}/", time::format_day(f.day)))
+                    .starts_with(&format!("events/month={}/", time::format_month(f.day)))
             );
+            assert_eq!(f.partition(), crate::persist::partition_dir(f.day));
+            let (first, next) = time::month_bounds(f.day);
             let back = read_file(&dir.path().join(&f.path)).unwrap();
             let mut last = (i64::MIN, 0u64);
             let mut n = 0;
@@ -240,12 +247,13 @@ mod tests {
                 for r in 0..rb.num_rows() {
                     let k = (ts.value(r), seq.value(r));
                     assert!(k > last, "sorted by (ts, seq)");
-                    assert_eq!(time::day(k.0), f.day);
+                    assert!((first..next).contains(&time::day(k.0)));
                     last = k;
                     n += 1;
                 }
             }
             assert_eq!(n, f.rows);
+            assert_eq!(f.day, time::day(f.min_ts));
             assert_eq!((f.min_ts, f.max_ts), {
                 let first = back[0]
                     .column(TS)
@@ -258,7 +266,7 @@ mod tests {
         for i in 0..3_000u64 {
             let line = format!(
                 r#"{{"id":"o{i}","type":"scan","ts":{},"pass":"p","location":"l","device":"d","operator":"o"}}"#,
-                i as i64 * 100_000
+                i as i64 * 3_000_000
             );
             decode_line(line.as_bytes(), 1, i + 1, &mut b).unwrap();
         }
@@ -272,13 +280,13 @@ mod tests {
         let batches: Vec<_> = s.take_for_flush().iter().map(|b| b.decode(None)).collect();
         assert_eq!(batches.len(), 2);
         let files = write_sorted(dir.path(), "part-2", &batches, &props).unwrap();
-        assert_eq!(files.len(), 4, "3,000 events 100 s apart span 4 days");
+        assert_eq!(files.len(), 4, "3,000 events 50 min apart span 4 months");
         let mut n = 0;
         for f in &files {
             for rb in read_file(&dir.path().join(&f.path)).unwrap() {
                 let ts = rb.column(TS).as_primitive::<TimestampMillisecondType>();
                 for r in 0..rb.num_rows() {
-                    assert_eq!(ts.value(r), n * 100_000);
+                    assert_eq!(ts.value(r), n * 3_000_000);
                     n += 1;
                 }
             }

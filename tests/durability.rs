@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Nats, Server, eventually, generate, js_publish};
+use common::{BIN, Nats, Server, eventually, generate, js_publish};
 use serde_json::Value;
 
 /// Frequent flushes, so every test crosses many flush and checkpoint boundaries.
@@ -177,11 +177,11 @@ async fn flushed_files_are_read_by_pyarrow_and_a_restart_resumes_from_the_checkp
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        partitions.iter().all(|p| p.starts_with("date=2026-")),
+        partitions.iter().all(|p| p.starts_with("month=2026-")),
         "{partitions:?}"
     );
 
-    // a time filter prunes files: the plan reads only that day's partition
+    // a time filter prunes files: the plan reads only files whose time range meets the day
     let mid: Value = serde_json::from_str(&lines[lines.len() / 2]).unwrap();
     let day = &mid["ts"].as_str().unwrap()[..10];
     let filter = format!(
@@ -204,14 +204,38 @@ async fn flushed_files_are_read_by_pyarrow_and_a_restart_resumes_from_the_checkp
         .iter()
         .map(|r| r["plan"].as_str().unwrap_or_default().to_string())
         .collect();
-    let scanned: HashSet<&str> = plan
-        .match_indices("date=")
-        .map(|(i, _)| &plan[i..i + 15])
+    // each file's time range, from the checkpoint (`passpulse inspect`)
+    let inspect = Command::new(BIN)
+        .args(["inspect", "--json"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{inspect:?}");
+    let inspect: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let (from, to) = (format!("{day}T00:00:00.000Z"), format!("{day}T23:59:59.999Z"));
+    let (mut meeting, mut others) = (HashSet::new(), HashSet::new());
+    for f in inspect["files"].as_array().unwrap() {
+        let name = f["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+        let (lo, hi) = (f["min_ts"].as_str().unwrap(), f["max_ts"].as_str().unwrap());
+        if lo <= to.as_str() && hi >= from.as_str() {
+            meeting.insert(name);
+        } else {
+            others.insert(name);
+        }
+    }
+    let scanned: HashSet<String> = plan
+        .split(|c: char| c == '/' || c == ',' || c == ']' || c.is_whitespace())
+        .filter(|w| w.ends_with(".parquet"))
+        .map(str::to_string)
         .collect();
-    assert_eq!(
-        scanned,
-        HashSet::from([&*format!("date={day}")]),
-        "only the day's files are scanned: {plan}"
+    assert!(!scanned.is_empty(), "{plan}");
+    assert!(
+        !others.is_empty(),
+        "the history spans more than the day: {inspect}"
+    );
+    assert!(
+        scanned.is_subset(&meeting),
+        "only files meeting the day are scanned: {scanned:?} of {meeting:?}\n{plan}"
     );
 
     // clean restart: nothing is replayed, every figure is back at once
@@ -605,12 +629,12 @@ async fn compaction_retention_inspect_and_the_directory_lock() {
         String::from_utf8_lossy(&out.stderr)
     );
     let i = inspect(&[]);
-    let days = i["partitions"].as_array().unwrap().len() as u64;
+    let months = i["partitions"].as_array().unwrap().len() as u64;
     assert!(i["totals"]["files"].as_u64().unwrap() <= files_before);
     assert_eq!(
         i["totals"]["files"].as_u64(),
-        Some(days),
-        "one file per day: {i}"
+        Some(months),
+        "one file per month: {i}"
     );
     assert_eq!(i["unreferenced"].as_array().unwrap().len(), 0, "{i}");
     let (rows, by_type) = pyarrow_counts(data.path());

@@ -212,10 +212,19 @@ async fn flushed_files_are_read_by_pyarrow_and_a_restart_resumes_from_the_checkp
         .unwrap();
     assert!(inspect.status.success(), "{inspect:?}");
     let inspect: Value = serde_json::from_slice(&inspect.stdout).unwrap();
-    let (from, to) = (format!("{day}T00:00:00.000Z"), format!("{day}T23:59:59.999Z"));
+    let (from, to) = (
+        format!("{day}T00:00:00.000Z"),
+        format!("{day}T23:59:59.999Z"),
+    );
     let (mut meeting, mut others) = (HashSet::new(), HashSet::new());
     for f in inspect["files"].as_array().unwrap() {
-        let name = f["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+        let name = f["path"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
         let (lo, hi) = (f["min_ts"].as_str().unwrap(), f["max_ts"].as_str().unwrap());
         if lo <= to.as_str() && hi >= from.as_str() {
             meeting.insert(name);

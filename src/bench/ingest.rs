@@ -47,7 +47,7 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     let bb = BenchBus::start(args.nats_url.as_deref()).await?;
     let (js, bus) = (&bb.js, &bb.bus);
     let published = bb
-        .publish(args.seed, 0, args.events, args.batch, 20_000.0)
+        .publish(args.seed, 0, args.events, args.batch, super::HISTORY)
         .await?;
     let messages_total = published.messages;
 

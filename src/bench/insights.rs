@@ -49,6 +49,16 @@ pub struct InsightsBenchArgs {
     /// Print each measured query's `EXPLAIN ANALYZE` over the Parquet history.
     #[arg(long)]
     pub explain: bool,
+    /// Customers signing up per simulated day: fewer spread the same events over more days
+    /// (with 1,000,000 events, 50 spans about 1,100 days and 5,000 about 30).
+    #[arg(long, default_value_t = super::HISTORY.1)]
+    pub arrivals_per_day: f64,
+    /// Start of the simulated history (RFC 3339; default 2026-09-21).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Flush to Parquet every this many events while ingesting (default: the server's).
+    #[arg(long)]
+    pub flush_rows: Option<usize>,
 }
 
 /// A query the bench measures: its name, its SQL for us and its SQL for DuckDB.
@@ -285,6 +295,10 @@ fn duckdb_insights(
 }
 
 pub async fn insights(args: InsightsBenchArgs) -> Result<()> {
+    ensure!(
+        args.arrivals_per_day.is_finite() && args.arrivals_per_day > 0.0,
+        "--arrivals-per-day must be a positive number"
+    );
     let selected = args.selected()?;
     let tmp;
     let dir = match &args.data_dir {
@@ -294,7 +308,10 @@ pub async fn insights(args: InsightsBenchArgs) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let persist = PersistConfig::new(&dir);
+    let mut persist = PersistConfig::new(&dir);
+    if let Some(n) = args.flush_rows {
+        persist.flush_rows = n;
+    }
     let reuse = std::fs::read_dir(dir.join("events")).is_ok_and(|mut d| d.next().is_some());
     let (live, mixed) = if reuse {
         eprintln!("reusing the history in {}", dir.display());
@@ -309,6 +326,23 @@ pub async fn insights(args: InsightsBenchArgs) -> Result<()> {
     };
     let (writer, engine, _) = tokio::task::spawn_blocking(move || open_engine(cfg)).await??;
     let events = engine.events_applied();
+    let files = engine.hot_snapshot().files.clone();
+    let parts: std::collections::BTreeSet<&str> =
+        files.files.iter().map(|f| f.partition()).collect();
+    let span = |f: fn(&passpulse_engine::persist::DataFile) -> i64| files.files.iter().map(f);
+    let (lo, hi) = (
+        span(|f| f.min_ts).min().unwrap_or(0),
+        span(|f| f.max_ts).max().unwrap_or(0),
+    );
+    eprintln!(
+        "history: {} events over {} days ({} to {}), {} Parquet files in {} partitions",
+        files.rows(),
+        (hi - lo) / passpulse_engine::time::DAY_MS + 1,
+        passpulse_engine::time::format_millis(lo),
+        passpulse_engine::time::format_millis(hi),
+        files.files.len(),
+        parts.len()
+    );
     ensure!(
         engine.hot_snapshot().rows() == 0 && (reuse || events == args.history.events),
         "the reopened engine should hold every event, all in Parquet"
@@ -356,12 +390,17 @@ async fn ingest_and_time(
     persist: PersistConfig,
 ) -> Result<(f64, BTreeMap<String, (f64, usize)>)> {
     let bb = BenchBus::start(args.history.nats_url.as_deref()).await?;
+    let start_ms = match &args.start {
+        Some(t) => passpulse_engine::time::parse_rfc3339_millis(t)
+            .with_context(|| format!("--start {t:?} is not an RFC 3339 time"))?,
+        None => super::HISTORY.0,
+    };
     bb.publish(
         args.history.seed,
         0,
         args.history.events,
         args.history.batch,
-        20_000.0,
+        (start_ms, args.arrivals_per_day),
     )
     .await?;
     let opts = ConsumerOptions::default();

@@ -39,6 +39,9 @@ pub struct HistoryArgs {
     pub seed: u64,
 }
 
+/// Where the benches' generated history starts (2026-09-21), and its sign-ups per day.
+pub(crate) const HISTORY: (i64, f64) = (1_790_000_000_000, 20_000.0);
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -90,19 +93,19 @@ impl BenchBus {
     }
 
     /// Generates and publishes `events` events (skipping the generator's first `skip`), `batch`
-    /// per message.
+    /// per message, the history starting at `start_ms`.
     pub async fn publish(
         &self,
         seed: u64,
         skip: u64,
         events: u64,
         batch: usize,
-        arrivals_per_day: f64,
+        (start_ms, arrivals_per_day): (i64, f64),
     ) -> Result<PublishStats> {
         eprintln!("generating and publishing {events} events, {batch} per message…");
         let generator = Generator::new(GenOptions {
             seed,
-            start_ms: 1_790_000_000_000,
+            start_ms,
             arrivals_per_day,
         });
         let published = publish_lines(

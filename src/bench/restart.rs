@@ -43,7 +43,7 @@ pub async fn restart(args: RestartArgs) -> Result<()> {
             published,
             target - published,
             args.history.batch,
-            20_000.0,
+            super::HISTORY,
         )
         .await?;
         published = target;

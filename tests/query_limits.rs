@@ -166,6 +166,13 @@ async fn functions_that_would_build_huge_values_are_refused_under_the_memory_bou
          SELECT count(*) FROM r",
         // memory no function builds: the operators' pool (or the process ceiling) stops it
         "SELECT cardinality(array_agg(v)) FROM generate_series(1, 200000000) AS t(v)",
+        // a value doubled inside one projection, level after level (≈ 7.7 GB asked): stopped
+        // at the first level whose value passes the batch limit, not at the process ceiling
+        "WITH a AS (SELECT repeat('x', 60000000) AS s), b AS (SELECT s || s AS s FROM a), \
+         c AS (SELECT s || s AS s FROM b), d AS (SELECT s || s AS s FROM c), \
+         e AS (SELECT s || s AS s FROM d), f AS (SELECT s || s AS s FROM e), \
+         g AS (SELECT s || s AS s FROM f), h AS (SELECT s || s AS s FROM g) \
+         SELECT length(s) FROM h",
     ] {
         let (status, body) = server.query_raw(sql, "json").await;
         assert!(
@@ -225,7 +232,39 @@ async fn the_deadline_holds_for_cpu_bound_work_and_other_queries_still_answer() 
             small_took < Duration::from_secs(10),
             "{sql}: a small query waited {small_took:?}"
         );
+        // and the work stopped with the answer: an idle server burns next to no CPU (before
+        // the expression guard the join kept one core busy for 44 s after its 504)
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = cpu_seconds(server.pid());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let burnt = cpu_seconds(server.pid()) - before;
+        assert!(
+            burnt < 1.0,
+            "{sql}: the server used {burnt:.2} s of CPU in the 3 s after its answer"
+        );
     }
+}
+
+/// CPU time (user + system) a process has used, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // fields after the command name, which is in parentheses and may hold spaces
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    let hz = clock_ticks();
+    ticks / hz
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 #[tokio::test]

@@ -1,13 +1,18 @@
 //! Built-in functions whose output size the query itself chooses (`repeat('x', 500000000)`,
-//! `lpad`, `rpad`, `array_repeat`, `array_resize`, `range`, `generate_series`, `replace`),
-//! re-registered under their own names behind a size check. It owns nothing else: the functions
-//! still compute exactly what DataFusion's do.
+//! `lpad`, `rpad`, `array_repeat`, `array_resize`, `range`, `generate_series`, `replace`,
+//! `concat`, `concat_ws`), re-registered under their own names behind a size check, and the
+//! text operator `||`, rewritten by an analyzer rule ([`BoundStringConcat`]) into a function
+//! with the same check. It owns nothing else: the functions still compute exactly what
+//! DataFusion's do.
 //!
 //! Why: DataFusion's memory pool only sees what operators reserve (hash tables, sorts, buffers).
 //! A scalar function allocates its output array outside the pool, so one call could ask for
 //! gigabytes before anything notices. Each wrapper estimates, from its arguments and before
 //! calling the real function, an upper bound of the bytes the call (one batch) would produce,
 //! and refuses the call over `max_value_bytes` with an error naming the function and the limit.
+//! `||` needs its own function because `s || s` nested through a chain of CTEs is folded into a
+//! constant while the query is planned, before any operator or guard runs: 60 MB doubled eight
+//! times asked for 7.7 GB there.
 
 use std::sync::Arc;
 
@@ -15,12 +20,16 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalUnit, TimeUnit};
 use datafusion::common::ScalarValue;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature,
+    BinaryExpr, ColumnarValue, Documentation, Expr, LogicalPlan, Operator, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
 
 /// A function call refused because of the size of what it would build.
@@ -51,9 +60,13 @@ enum Growth {
     /// `replace(text, from, to)`: every occurrence of `from` (or every gap, when empty) becomes
     /// `to`.
     Replace,
+    /// `concat(a, b, …)`, `a || b`: the sum of the arguments.
+    Concat,
+    /// `concat_ws(sep, a, b, …)`: the sum of the arguments and a separator between two.
+    ConcatWs,
 }
 
-const BOUNDED: [(&str, Growth); 7] = [
+const BOUNDED: [(&str, Growth); 9] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -61,9 +74,18 @@ const BOUNDED: [(&str, Growth); 7] = [
     ("array_resize", Growth::ArrayResize),
     ("range", Growth::Series),
     ("replace", Growth::Replace),
+    ("concat", Growth::Concat),
+    ("concat_ws", Growth::ConcatWs),
 ];
 
 /// Registers the bounded versions over DataFusion's built-ins in `ctx`.
+///
+/// They are declared volatile, so the planner never folds a call into a constant: folding runs
+/// before any check of ours can stop it, keeps a copy of the value for every place the call
+/// appears, and a chain of CTEs can make one call appear hundreds of times (eight levels of
+/// `s || s` over `repeat('x', 60000000)`: 256 folded copies of 60 MB). Evaluated at run time,
+/// each call is checked and the first too-large value ends the query. The price: an expression
+/// with these functions is not pushed into a table scan's filter; no insight uses them.
 pub(crate) fn register(ctx: &SessionContext, max_value_bytes: usize) -> Result<()> {
     let names = BOUNDED
         .iter()
@@ -71,8 +93,11 @@ pub(crate) fn register(ctx: &SessionContext, max_value_bytes: usize) -> Result<(
         .chain([("generate_series", Growth::Series)]);
     for (name, growth) in names {
         let inner = ctx.udf(name)?;
+        let mut signature = inner.signature().clone();
+        signature.volatility = Volatility::Volatile;
         ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
             inner,
+            signature,
             growth,
             limit: max_value_bytes as u64,
         }));
@@ -83,6 +108,8 @@ pub(crate) fn register(ctx: &SessionContext, max_value_bytes: usize) -> Result<(
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Bounded {
     inner: Arc<ScalarUDF>,
+    /// The function's own signature, but volatile (see [`register`]).
+    signature: Signature,
     growth: Growth,
     limit: u64,
 }
@@ -95,7 +122,7 @@ impl ScalarUDFImpl for Bounded {
         self.inner.aliases()
     }
     fn signature(&self) -> &Signature {
-        self.inner.signature()
+        &self.signature
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         self.inner.return_type(arg_types)
@@ -168,7 +195,154 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u64> 
                         .saturating_add(hits.saturating_mul(*to))
                 })
         }
+        Growth::Concat => args
+            .iter()
+            .map(|a| text_total(a, rows))
+            .fold(0u64, u64::saturating_add),
+        Growth::ConcatWs => {
+            let sep = args.first().map_or(0, |a| text_total(a, rows));
+            args[1..]
+                .iter()
+                .map(|a| text_total(a, rows))
+                .fold(0u64, u64::saturating_add)
+                .saturating_add(sep.saturating_mul(args.len().saturating_sub(2) as u64))
+        }
     })
+}
+
+/// Bytes of an argument's text over `rows` rows (a scalar repeats on every row); for a
+/// non-text argument, its memory (a number's text is a few times its 8 bytes at most).
+fn text_total(v: &ColumnarValue, rows: usize) -> u64 {
+    match v {
+        ColumnarValue::Scalar(s) => match s.try_as_str() {
+            Some(t) => (t.map_or(0, str::len) as u64).saturating_mul(rows as u64),
+            None => value_bytes(v).saturating_mul(rows as u64),
+        },
+        ColumnarValue::Array(a) => a.to_data().get_slice_memory_size().unwrap_or(0) as u64,
+    }
+}
+
+/// Rewrites every text `a || b` (a binary operator DataFusion evaluates outside any function,
+/// and folds into a constant at planning when it can) into [`ConcatOp`], which refuses a value
+/// over the limit before building it. Runs after type coercion; keeps the expressions' names.
+#[derive(Debug)]
+pub(crate) struct BoundStringConcat {
+    udf: Arc<ScalarUDF>,
+}
+
+impl BoundStringConcat {
+    pub(crate) fn new(max_value_bytes: usize) -> BoundStringConcat {
+        BoundStringConcat {
+            udf: Arc::new(ScalarUDF::new_from_impl(ConcatOp {
+                signature: Signature::any(2, Volatility::Volatile),
+                limit: max_value_bytes as u64,
+            })),
+        }
+    }
+}
+
+impl AnalyzerRule for BoundStringConcat {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| {
+            let names = NamePreserver::new(&node);
+            node.map_expressions(|e| {
+                let name = names.save(&e);
+                let rewritten = e.transform_up(|e| match e {
+                    Expr::BinaryExpr(BinaryExpr {
+                        left,
+                        op: Operator::StringConcat,
+                        right,
+                    }) => Ok(Transformed::yes(self.udf.call(vec![*left, *right]))),
+                    other => Ok(Transformed::no(other)),
+                })?;
+                Ok(rewritten.update_data(|e| name.restore(e)))
+            })
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "passpulse_bound_string_concat"
+    }
+}
+
+/// `a || b` on text behind the size check: null when either side is null, as the operator.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ConcatOp {
+    signature: Signature,
+    limit: u64,
+}
+
+impl ScalarUDFImpl for ConcatOp {
+    fn name(&self) -> &str {
+        "||"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(concat_type(arg_types))
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let types: Vec<DataType> = args
+            .arg_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let nullable = args.arg_fields.iter().any(|f| f.is_nullable());
+        Ok(Arc::new(datafusion::arrow::datatypes::Field::new(
+            self.name(),
+            concat_type(&types),
+            nullable,
+        )))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let estimate = estimate(Growth::Concat, &args.args, rows)?;
+        if estimate > self.limit {
+            return Err(DataFusionError::External(Box::new(ValueTooLarge {
+                what: "the || operator in one batch".into(),
+                estimate,
+                limit: self.limit,
+            })));
+        }
+        let target = args.return_field.data_type().clone();
+        if let [ColumnarValue::Scalar(l), ColumnarValue::Scalar(r)] = args.args.as_slice() {
+            let text = |v: &ScalarValue| -> Result<Option<String>> {
+                Ok(v.cast_to(&DataType::Utf8)?
+                    .try_as_str()
+                    .flatten()
+                    .map(str::to_string))
+            };
+            let joined = match (text(l)?, text(r)?) {
+                (Some(a), Some(b)) => Some(a + &b),
+                _ => None,
+            };
+            return Ok(ColumnarValue::Scalar(
+                ScalarValue::Utf8(joined).cast_to(&target)?,
+            ));
+        }
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [l, r] = arrays.as_slice() else {
+            return Err(DataFusionError::Internal("|| takes two arguments".into()));
+        };
+        let l = cast(l, &target)?;
+        let r = cast(r, &target)?;
+        Ok(ColumnarValue::Array(
+            datafusion::arrow::compute::kernels::concat_elements::concat_elements_dyn(&l, &r)?,
+        ))
+    }
+}
+
+/// The text type of `a || b`: large if either side is, a view if both are, else `Utf8`.
+fn concat_type(types: &[DataType]) -> DataType {
+    if types.iter().any(|t| matches!(t, DataType::LargeUtf8)) {
+        DataType::LargeUtf8
+    } else if !types.is_empty() && types.iter().all(|t| matches!(t, DataType::Utf8View)) {
+        DataType::Utf8View
+    } else {
+        DataType::Utf8
+    }
 }
 
 fn pos(n: i64) -> u64 {
@@ -323,6 +497,20 @@ mod tests {
         );
         assert!(estimate(Growth::Series, &[int(1), int(10), int(0)], 1).unwrap() >= 80);
         assert!(estimate(Growth::Replace, &[text("aaaa"), text(""), text("bb")], 1).unwrap() >= 12);
+        // concat and || count every argument over every row
+        assert_eq!(
+            estimate(Growth::Concat, &[text("abc"), text("de")], 10).unwrap(),
+            50
+        );
+        assert_eq!(
+            estimate(
+                Growth::ConcatWs,
+                &[text(","), text("abc"), text("de"), text("f")],
+                1
+            )
+            .unwrap(),
+            6 + 2
+        );
         // a negative count builds nothing
         assert_eq!(
             estimate(Growth::Repeat, &[text("x"), int(-5)], 1).unwrap(),

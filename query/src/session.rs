@@ -213,6 +213,9 @@ impl QueryService {
             .with_runtime_env(rt_env)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(GuardRule))
+            .with_analyzer_rule(Arc::new(bounded_functions::BoundStringConcat::new(
+                cfg.max_value_bytes,
+            )))
             .build();
         let ctx = SessionContext::new_with_state(state);
         bounded_functions::register(&ctx, cfg.max_value_bytes)

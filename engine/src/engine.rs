@@ -818,13 +818,7 @@ mod tests {
                 );
                 decode_message(line.as_bytes(), seq as u64, &mut b, |e, _| panic!("{e}"));
             }
-            w.apply(&b);
-            w.start_flush();
-            while w.persist.as_ref().is_some_and(|p| p.in_flight) {
-                let p = w.persist.as_mut().unwrap();
-                let done = p.flusher.wait_done().unwrap();
-                EngineWriter::on_done(&mut w.store, p, done);
-            }
+            apply_and_flush(&mut w, &b);
         }
         w.close();
         let snap = e.hot_snapshot();
@@ -857,6 +851,17 @@ mod tests {
             on_disk.unreferenced
         );
     }
+    /// Applies `b` and waits until a flush of everything held has committed.
+    fn apply_and_flush(w: &mut EngineWriter, b: &DecodedBatch) {
+        w.apply(b);
+        w.start_flush();
+        while w.persist.as_ref().is_some_and(|p| p.in_flight) {
+            let p = w.persist.as_mut().unwrap();
+            let done = p.flusher.wait_done().unwrap();
+            EngineWriter::on_done(&mut w.store, p, done);
+        }
+    }
+
     /// Lists `<root>/events` as `partition/file` paths, sorted.
     fn published(root: &std::path::Path) -> Vec<String> {
         let mut v: Vec<String> = crate::persist::fsio_walk(&root.join("events"))
@@ -897,13 +902,7 @@ mod tests {
                 );
                 decode_message(line.as_bytes(), seq, &mut b, |e, _| panic!("{e}"));
             }
-            w.apply(&b);
-            w.start_flush();
-            while w.persist.as_ref().is_some_and(|p| p.in_flight) {
-                let p = w.persist.as_mut().unwrap();
-                let done = p.flusher.wait_done().unwrap();
-                EngineWriter::on_done(&mut w.store, p, done);
-            }
+            apply_and_flush(&mut w, &b);
         }
         w.close();
         // rewrite the directory the way an older build laid it out: events/date=YYYY-MM-DD/,

@@ -464,6 +464,30 @@ impl State {
         Ok(true)
     }
 
+    /// Commits a checkpoint in which `added` replace `gone` (the rows stay the same or leave by
+    /// retention; the aggregates do not change), then shows the partitions involved to outside
+    /// readers.
+    fn replace_files(
+        &mut self,
+        gone: &[DataFile],
+        added: Vec<DataFile>,
+    ) -> Result<(), PersistError> {
+        let parts: BTreeSet<String> = gone
+            .iter()
+            .chain(&added)
+            .map(|f| f.partition().to_string())
+            .collect();
+        let paths: HashSet<&str> = gone.iter().map(|f| f.path.as_str()).collect();
+        let mut ckpt = self.current.clone();
+        ckpt.files.retain(|f| !paths.contains(f.path.as_str()));
+        ckpt.files.extend(added);
+        ckpt.generation = self.next_generation;
+        ckpt.created_at = time::now_millis();
+        self.commit(ckpt, self.aggregates.clone())?;
+        self.publish(parts);
+        Ok(())
+    }
+
     /// Drops the events of every UTC day that ended longer than `retention` before the
     /// watermark (never later than now): files holding only such days are dropped, a file that
     /// also holds kept days is rewritten with its kept rows (its rows are sorted by time, so
@@ -519,17 +543,7 @@ impl State {
                 &self.props,
             )?);
         }
-        let gone: HashSet<&str> = touched.iter().map(|f| f.path.as_str()).collect();
-        let mut parts: BTreeSet<String> =
-            touched.iter().map(|f| f.partition().to_string()).collect();
-        parts.extend(kept_files.iter().map(|f| f.partition().to_string()));
-        let mut ckpt = self.current.clone();
-        ckpt.files.retain(|f| !gone.contains(f.path.as_str()));
-        ckpt.files.extend(kept_files);
-        ckpt.generation = g;
-        ckpt.created_at = time::now_millis();
-        self.commit(ckpt, self.aggregates.clone())?;
-        self.publish(parts);
+        self.replace_files(&touched, kept_files)?;
         self.metrics.expired_rows.fetch_add(expired, Relaxed);
         info!(
             before = %time::format_day(time::day(keep_from)),
@@ -616,14 +630,7 @@ impl State {
             &batches,
             &self.props,
         )?;
-        let gone: HashSet<&str> = picked.iter().map(|f| f.path.as_str()).collect();
-        let mut ckpt = self.current.clone();
-        ckpt.files.retain(|f| !gone.contains(f.path.as_str()));
-        ckpt.files.extend(merged);
-        ckpt.generation = g;
-        ckpt.created_at = time::now_millis();
-        self.commit(ckpt, self.aggregates.clone())?;
-        self.publish([part.clone()]);
+        self.replace_files(&picked, merged)?;
         self.metrics.compactions.fetch_add(1, Relaxed);
         info!(
             partition = %part,

@@ -851,6 +851,56 @@ mod tests {
             on_disk.unreferenced
         );
     }
+    #[test]
+    fn a_backfill_of_years_leaves_one_file_per_month() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pc = PersistConfig::new(dir.path());
+        pc.delete_grace = Duration::ZERO;
+        let cfg = EngineConfig {
+            persist: Some(pc),
+            ..EngineConfig::default()
+        };
+        let (mut w, e, _) = open_engine(cfg).unwrap();
+        // 3,000 events, one every 8 hours from 2020-01-01 over 1,000 days, in ten flushes: with
+        // day partitions this left 1,000 files (a day's single file was never compacted)
+        let start = 1_577_836_800_000i64;
+        for flush in 0..10u64 {
+            let mut b = DecodedBatch::new();
+            b.set_arrival(1);
+            for i in flush * 300..(flush + 1) * 300 {
+                let ts = start + i as i64 * 8 * 3_600_000;
+                let line = format!(
+                    r#"{{"id":"y{i}","type":"scan","ts":{ts},"pass":"p{}","location":"l","device":"d","operator":"o"}}"#,
+                    i % 40
+                );
+                decode_message(line.as_bytes(), i + 1, &mut b, |e, _| panic!("{e}"));
+            }
+            apply_and_flush(&mut w, &b);
+        }
+        // January 2020 to September 2022
+        let months = 33;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let files = e.hot_snapshot().files.clone();
+            let parts: std::collections::BTreeSet<&str> =
+                files.files.iter().map(|f| f.partition()).collect();
+            assert_eq!(parts.len(), months, "{parts:?}");
+            assert_eq!(files.rows(), 3_000);
+            // every month but the last is cold: flush files split across two flushes merge
+            if files.files.len() == months {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} files for {months} months",
+                files.files.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            w.idle();
+        }
+        w.close();
+    }
+
     /// Applies `b` and waits until a flush of everything held has committed.
     fn apply_and_flush(w: &mut EngineWriter, b: &DecodedBatch) {
         w.apply(b);

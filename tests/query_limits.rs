@@ -173,6 +173,12 @@ async fn functions_that_would_build_huge_values_are_refused_under_the_memory_bou
          e AS (SELECT s || s AS s FROM d), f AS (SELECT s || s AS s FROM e), \
          g AS (SELECT s || s AS s FROM f), h AS (SELECT s || s AS s FROM g) \
          SELECT length(s) FROM h",
+        // the same with string views, whose text lives outside the views' own buffer
+        "WITH a AS (SELECT arrow_cast(repeat('x', 60000000), 'Utf8View') AS s), \
+         b AS (SELECT s || s AS s FROM a), c AS (SELECT s || s AS s FROM b), \
+         d AS (SELECT s || s AS s FROM c), e AS (SELECT s || s AS s FROM d) \
+         SELECT length(s) FROM e",
+        "SELECT length(concat(s, s, s)) FROM (SELECT repeat('x', 30000000) AS s)",
     ] {
         let (status, body) = server.query_raw(sql, "json").await;
         assert!(
@@ -190,6 +196,28 @@ async fn functions_that_would_build_huge_values_are_refused_under_the_memory_bou
     // and the server goes on
     assert_eq!(server.scalar("SELECT count(*) AS n FROM events").await, 1);
     still_ingesting(&nats, &server, 2).await;
+}
+
+#[tokio::test]
+async fn the_size_checked_text_operator_keeps_its_meaning() {
+    let server = Server::start(None, &["--no-persist"]).await;
+    let rows = server
+        .sql(
+            "SELECT 'a' || 'b' AS x, 'a' || NULL AS y, X'41' || X'4243' AS z, \
+             arrow_typeof(X'ff' || X'01') AS t, s || '!' AS w, arrow_typeof(s || s) AS ws \
+             FROM (VALUES ('p'), (NULL)) AS v(s) ORDER BY s NULLS LAST",
+        )
+        .await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r["x"], "ab", "{r}");
+        assert!(r["y"].is_null(), "null on either side gives null: {r}");
+        assert_eq!(r["z"], "414243", "bytes joined: {r}");
+        assert_eq!(r["t"], "Binary", "bytes stay bytes: {r}");
+        assert_eq!(r["ws"], "Utf8", "{r}");
+    }
+    assert_eq!(rows[0]["w"], "p!");
+    assert!(rows[1]["w"].is_null());
 }
 
 #[tokio::test]

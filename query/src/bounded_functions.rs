@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::array::{Array, ArrayData, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalUnit, TimeUnit};
 use datafusion::common::ScalarValue;
@@ -218,11 +218,29 @@ fn text_total(v: &ColumnarValue, rows: usize) -> u64 {
             Some(t) => (t.map_or(0, str::len) as u64).saturating_mul(rows as u64),
             None => value_bytes(v).saturating_mul(rows as u64),
         },
-        ColumnarValue::Array(a) => a.to_data().get_slice_memory_size().unwrap_or(0) as u64,
+        ColumnarValue::Array(a) => array_bytes(&a.to_data()),
     }
 }
 
-/// Rewrites every text `a || b` (a binary operator DataFusion evaluates outside any function,
+/// Bytes an array's values occupy: its slice of every buffer, and for string and binary views
+/// the data buffers the views point into, which `get_slice_memory_size` does not count (it sees
+/// 16 bytes per 60 MB view).
+pub(crate) fn array_bytes(d: &ArrayData) -> u64 {
+    fn view_buffers(d: &ArrayData) -> u64 {
+        let own = if matches!(d.data_type(), DataType::Utf8View | DataType::BinaryView) {
+            d.buffers().iter().skip(1).map(|b| b.len() as u64).sum()
+        } else {
+            0
+        };
+        d.child_data()
+            .iter()
+            .map(view_buffers)
+            .fold(own, u64::saturating_add)
+    }
+    (d.get_slice_memory_size().unwrap_or(0) as u64).saturating_add(view_buffers(d))
+}
+
+/// Rewrites every `a || b` on text or bytes (a binary operator DataFusion evaluates outside any function,
 /// and folds into a constant at planning when it can) into [`ConcatOp`], which refuses a value
 /// over the limit before building it. Runs after type coercion; keeps the expressions' names.
 #[derive(Debug)]
@@ -266,7 +284,8 @@ impl AnalyzerRule for BoundStringConcat {
     }
 }
 
-/// `a || b` on text behind the size check: null when either side is null, as the operator.
+/// `a || b` on text or bytes behind the size check: null when either side is null, as the
+/// operator.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ConcatOp {
     signature: Signature,
@@ -307,41 +326,42 @@ impl ScalarUDFImpl for ConcatOp {
             })));
         }
         let target = args.return_field.data_type().clone();
-        if let [ColumnarValue::Scalar(l), ColumnarValue::Scalar(r)] = args.args.as_slice() {
-            let text = |v: &ScalarValue| -> Result<Option<String>> {
-                Ok(v.cast_to(&DataType::Utf8)?
-                    .try_as_str()
-                    .flatten()
-                    .map(str::to_string))
-            };
-            let joined = match (text(l)?, text(r)?) {
-                (Some(a), Some(b)) => Some(a + &b),
-                _ => None,
-            };
-            return Ok(ColumnarValue::Scalar(
-                ScalarValue::Utf8(joined).cast_to(&target)?,
-            ));
-        }
+        let scalars = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let [l, r] = arrays.as_slice() else {
             return Err(DataFusionError::Internal("|| takes two arguments".into()));
         };
-        let l = cast(l, &target)?;
-        let r = cast(r, &target)?;
-        Ok(ColumnarValue::Array(
-            datafusion::arrow::compute::kernels::concat_elements::concat_elements_dyn(&l, &r)?,
-        ))
+        let joined = datafusion::arrow::compute::kernels::concat_elements::concat_elements_dyn(
+            &cast(l, &target)?,
+            &cast(r, &target)?,
+        )?;
+        Ok(if scalars {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&joined, 0)?)
+        } else {
+            ColumnarValue::Array(joined)
+        })
     }
 }
 
-/// The text type of `a || b`: large if either side is, a view if both are, else `Utf8`.
+/// The type of `a || b` (both sides as DataFusion's coercion left them): large if either side
+/// is, a view if both are, text unless a side is binary.
 fn concat_type(types: &[DataType]) -> DataType {
-    if types.iter().any(|t| matches!(t, DataType::LargeUtf8)) {
-        DataType::LargeUtf8
-    } else if !types.is_empty() && types.iter().all(|t| matches!(t, DataType::Utf8View)) {
-        DataType::Utf8View
-    } else {
-        DataType::Utf8
+    use DataType::*;
+    let binary = types
+        .iter()
+        .any(|t| matches!(t, Binary | LargeBinary | BinaryView | FixedSizeBinary(_)));
+    let large = types.iter().any(|t| matches!(t, LargeUtf8 | LargeBinary));
+    let views = !types.is_empty() && types.iter().all(|t| matches!(t, Utf8View | BinaryView));
+    match (binary, large, views) {
+        (false, true, _) => LargeUtf8,
+        (false, false, true) => Utf8View,
+        (false, false, false) => Utf8,
+        (true, true, _) => LargeBinary,
+        (true, false, true) => BinaryView,
+        (true, false, false) => Binary,
     }
 }
 

@@ -13,6 +13,10 @@
 //! filter over the whole build side without returning, and `s || s` nested through a chain of
 //! CTEs doubles a value at every level of one expression. The expression guard reaches both: the
 //! join stops at its next filter evaluation, the expression at its next level.
+//!
+//! The rule runs after every other optimizer rule: the rebuilt operators' plan properties (a
+//! filter's inferred constants, its selectivity estimate) may then be less precise than the
+//! originals', which changes what EXPLAIN shows, never the plan chosen.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -41,7 +45,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
-use crate::bounded_functions::ValueTooLarge;
+use crate::bounded_functions::{ValueTooLarge, array_bytes};
 
 /// The per-query stop conditions, carried to the operators in the session config.
 #[derive(Debug)]
@@ -248,7 +252,7 @@ impl PhysicalExpr for GuardExpr {
         }
         let value = self.inner.evaluate(batch)?;
         if let (Some(stop), ColumnarValue::Array(a)) = (stop, &value) {
-            let bytes = a.to_data().get_slice_memory_size().unwrap_or(0);
+            let bytes = array_bytes(&a.to_data()) as usize;
             if bytes > stop.max_batch_bytes {
                 return Err(DataFusionError::External(Box::new(ValueTooLarge {
                     what: "an expression's value".into(),
@@ -381,7 +385,7 @@ impl GuardStream {
         let bytes = batch
             .columns()
             .iter()
-            .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+            .map(|c| array_bytes(&c.to_data()) as usize)
             .sum::<usize>();
         if bytes > self.stop.max_batch_bytes {
             return Err(DataFusionError::External(Box::new(ValueTooLarge {

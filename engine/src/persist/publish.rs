@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use tracing::warn;
 
-use super::fsio::{ensure_dir, sync_dir};
+use super::fsio::{ensure_dir, remove, sync_dir};
 use super::{DataFile, PersistError};
 
 /// Directory of the engine's own copies of the data files (`store/events/month=…/…`).
@@ -55,10 +55,14 @@ pub(crate) fn publish_all(root: &Path, files: &[DataFile]) -> Result<(), Persist
         .map(|p| super::recover::rel_path(root, p))
         .collect();
     let wanted: BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    let mut parts: BTreeMap<&str, Vec<&DataFile>> = BTreeMap::new();
+    for f in files {
+        parts.entry(f.partition()).or_default().push(f);
+    }
     let dirs_ok = fs::read_dir(&events).is_ok_and(|rd| {
         rd.flatten().all(|e| {
             let rel = format!("events/{}", e.file_name().to_string_lossy());
-            files.iter().any(|f| f.partition() == rel)
+            parts.contains_key(rel.as_str())
         })
     });
     if dirs_ok && shown.len() == wanted.len() && shown.iter().all(|p| wanted.contains(p.as_str())) {
@@ -69,10 +73,6 @@ pub(crate) fn publish_all(root: &Path, files: &[DataFile]) -> Result<(), Persist
     let stage = staging.join("events");
     remove_tree(&stage)?;
     fs::create_dir(&stage).map_err(|e| PersistError::io(&stage, e))?;
-    let mut parts: BTreeMap<&str, Vec<&DataFile>> = BTreeMap::new();
-    for f in files {
-        parts.entry(f.partition()).or_default().push(f);
-    }
     for (part, want) in &parts {
         let dir = stage.join(part.strip_prefix("events/").unwrap_or(part));
         ensure_dir(&dir)?;
@@ -94,19 +94,37 @@ pub(crate) fn publish_all(root: &Path, files: &[DataFile]) -> Result<(), Persist
             remove_tree(&stage)
         }
         Err(e) => {
-            // a file system without RENAME_EXCHANGE: partition by partition (a reader may then
-            // briefly miss files, never see one twice)
+            // a file system without RENAME_EXCHANGE: partition by partition, what leaves first
+            // (a reader may then briefly miss files, never see one twice: files that move
+            // between partitions leave the old one before they appear in the new one)
             note_non_atomic(&e);
-            for (part, want) in &parts {
-                publish_partition(root, part, want)?;
-            }
             if let Ok(rd) = fs::read_dir(&events) {
                 for e in rd.flatten() {
                     let rel = format!("events/{}", e.file_name().to_string_lossy());
-                    if !parts.contains_key(rel.as_str()) {
+                    if parts.contains_key(rel.as_str()) {
+                        continue;
+                    }
+                    if e.path().is_dir() {
                         publish_partition(root, &rel, &[])?;
+                    } else {
+                        remove(&e.path())?;
                     }
                 }
+            }
+            for (part, want) in &parts {
+                let keep: BTreeSet<&str> = want.iter().map(|f| f.name()).collect();
+                let dir = root.join(part);
+                // files leaving this partition go before any partition gains files
+                if let Ok(rd) = fs::read_dir(&dir) {
+                    for e in rd.flatten() {
+                        if !keep.contains(e.file_name().to_string_lossy().as_ref()) {
+                            remove(&e.path())?;
+                        }
+                    }
+                }
+            }
+            for (part, want) in &parts {
+                publish_partition(root, part, want)?;
             }
             remove_tree(&stage)
         }

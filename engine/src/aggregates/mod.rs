@@ -68,7 +68,8 @@ impl Aggregates {
         let format = u32::from_le_bytes(*format);
         if format != SNAPSHOT_FORMAT {
             return Err(format!(
-                "the aggregates snapshot has format {format}, this build reads {SNAPSHOT_FORMAT}"
+                "the aggregates snapshot has format {format}, this build reads {SNAPSHOT_FORMAT} \
+                 (nothing to do: the engine rebuilds the aggregates from the stored events, once)"
             ));
         }
         postcard::from_bytes(state).map_err(|e| e.to_string())
@@ -114,5 +115,69 @@ mod tests {
         let err = Aggregates::from_snapshot(&old).unwrap_err();
         assert!(err.contains("format 1"), "{err}");
         assert!(Aggregates::from_snapshot(&[]).is_err());
+    }
+
+    /// Every event of the repository's two samples, applied in order.
+    fn samples() -> Aggregates {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut a = Aggregates::default();
+        let mut seq = 0;
+        for file in ["data/sample/events.ndjson", "data/insights/sample.ndjson"] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let mut b = DecodedBatch::new();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                seq += 1;
+                decode_line(line.as_bytes(), 1, seq, &mut b).unwrap();
+            }
+            b.iter().for_each(|e| a.apply(&e));
+        }
+        a
+    }
+
+    /// The snapshot layout of this [`SNAPSHOT_FORMAT`] is pinned by a fixture written from the
+    /// samples: decoded, it must give every live table and figure that applying the samples
+    /// gives. A change to the state's layout without a format bump fails here. After a bump
+    /// (a snapshot of another format is then rebuilt from the stored events at start), write
+    /// the new fixture with `PASSPULSE_UPDATE_GOLDEN=1 cargo test --workspace --lib
+    /// snapshot_layout` and commit it.
+    #[test]
+    fn the_snapshot_layout_is_pinned_by_a_fixture() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let path = root.join(format!("data/fixtures/aggregates-v{SNAPSHOT_FORMAT}.bin"));
+        let mut fresh = samples();
+        assert!(fresh.events() > 2_000, "the samples were read");
+        if std::env::var_os("PASSPULSE_UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, fresh.snapshot()).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: no fixture for snapshot format {SNAPSHOT_FORMAT}; write it with \
+                 PASSPULSE_UPDATE_GOLDEN=1 cargo test --workspace --lib snapshot_layout",
+                path.display()
+            )
+        });
+        let mut pinned = Aggregates::from_snapshot(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "the format-{SNAPSHOT_FORMAT} fixture no longer decodes ({e}): the snapshot \
+                 layout changed without a format bump. Bump SNAPSHOT_FORMAT, then write the new \
+                 fixture with PASSPULSE_UPDATE_GOLDEN=1 cargo test --workspace --lib snapshot_layout"
+            )
+        });
+        assert_eq!(
+            (pinned.events(), pinned.watermark()),
+            (fresh.events(), fresh.watermark())
+        );
+        for t in TableName::ALL {
+            let (got, want) = (pinned.table(t), fresh.table(t));
+            assert!(want.num_rows() > 0, "{} is empty", t.as_str());
+            assert_eq!(
+                got,
+                want,
+                "{} differs after decoding the format-{SNAPSHOT_FORMAT} fixture: the snapshot \
+                 layout changed without a format bump",
+                t.as_str()
+            );
+        }
     }
 }

@@ -612,6 +612,75 @@ async fn a_killed_server_neither_loses_nor_repeats_a_delivery() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_cannot_succeed_is_given_up_and_the_next_goes_through() {
+    let rig = Rig::start().await;
+    let (js, mail_dir) = (rig.js.clone(), rig.mail_dir.clone());
+    let args = ["--config", rig.config.to_str().unwrap()];
+    let s = Server::start(Some(&rig.nats), &args).await;
+    automation_ready(&s).await;
+    let signup = |id: &str, customer: &str| {
+        json!({"id": id, "type": "contact.registered", "ts": now_ms(), "customer": customer,
+               "program": "loyalty", "attrs": {"email": format!("{customer}@example.test")}})
+        .to_string()
+        .into_bytes()
+    };
+    js_publish(
+        &js,
+        "passpulse.events.contact.registered",
+        signup("reg-a", "CA"),
+    )
+    .await;
+    wait_mails(&mail_dir, 1).await;
+    let serial = eventually(Duration::from_secs(30), "CA's pass", || async {
+        let rows = s
+            .sql("SELECT pass FROM events WHERE type = 'pass.issued' AND customer = 'CA'")
+            .await;
+        rows.first()?["pass"].as_str().map(str::to_string)
+    })
+    .await;
+    // the pass's stored record is damaged: updating it can never succeed
+    let passes = js.get_key_value("PASSPULSE_PASSES").await.unwrap();
+    passes
+        .put(&serial, b"{not json".to_vec().into())
+        .await
+        .unwrap();
+    let points = json!({"id": "pts-a", "type": "contact.updated", "ts": now_ms(),
+                        "customer": "CA", "attrs": {"points": 50}});
+    js_publish(
+        &js,
+        "passpulse.events.contact.updated",
+        points.to_string().into_bytes(),
+    )
+    .await;
+    // the next customer's sign-up is not held behind it (the consumer has one message in
+    // flight: a step retried forever used to stop every flow)
+    js_publish(
+        &js,
+        "passpulse.events.contact.registered",
+        signup("reg-b", "CB"),
+    )
+    .await;
+    let m = wait_mails(&mail_dir, 2).await;
+    assert!(m[1].0.contains("CB@example.test"), "{m:?}");
+    automation_idle(&js).await;
+    let info = js
+        .get_stream("PASSPULSE_EVENTS")
+        .await
+        .unwrap()
+        .consumer_info("passpulse-automation")
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.num_ack_pending, 0, "nothing waits for a retry");
+    assert_eq!(
+        s.scalar("SELECT count(*) FROM events WHERE type = 'pass.updated'")
+            .await,
+        0,
+        "the damaged pass was not updated"
+    );
+}
+
 #[test]
 fn flows_check_explains_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,7 +36,7 @@ impl IntoResponse for IssueError {
             IssueError::Forbidden(_) => StatusCode::FORBIDDEN,
             IssueError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             IssueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            IssueError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IssueError::Internal(_) | IssueError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "issuer");

@@ -142,6 +142,9 @@ pub enum IssueError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// A stored record cannot be read: retrying cannot mend it.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 impl From<RegistryError> for IssueError {
@@ -149,6 +152,7 @@ impl From<RegistryError> for IssueError {
         match e {
             RegistryError::NotFound(s) => IssueError::NotFound(s),
             RegistryError::Store(s) => IssueError::Unavailable(s),
+            RegistryError::Corrupt { .. } => IssueError::Corrupt(e.to_string()),
             other => IssueError::Internal(other.to_string()),
         }
     }

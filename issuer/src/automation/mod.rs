@@ -49,20 +49,50 @@ const SERIAL_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 /// Discount codes: no 0/O or 1/I to misread at a till.
 const CODE_CHARS: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
 
-/// An automation step that could not finish; the bus message is retried.
+/// An automation step that could not finish, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StepError(String);
+pub enum StepError {
+    /// Something the step needs was unavailable (the broker, the key-value store, the issuer's
+    /// limits) or is broken in a way an operator can mend (a signing key): the bus message is
+    /// retried with backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// Trying again cannot help (a stored record is corrupt, the issuer refuses the input, the
+    /// pass does not exist): the bus message is logged and terminated, never redelivered.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl StepError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StepError::Transient(_))
+    }
+}
 
 impl From<IssueError> for StepError {
     fn from(e: IssueError) -> Self {
-        StepError(e.to_string())
+        match e {
+            IssueError::Unavailable(_)
+            | IssueError::TooManyRequests(..)
+            | IssueError::Internal(_) => StepError::Transient(e.to_string()),
+            IssueError::BadRequest(_)
+            | IssueError::NotFound(_)
+            | IssueError::Unauthorized
+            | IssueError::Forbidden(_)
+            | IssueError::Corrupt(_) => StepError::Permanent(e.to_string()),
+        }
     }
 }
 
 impl From<crate::registry::RegistryError> for StepError {
     fn from(e: crate::registry::RegistryError) -> Self {
-        StepError(e.to_string())
+        use crate::registry::RegistryError as R;
+        match e {
+            R::Store(_) => StepError::Transient(e.to_string()),
+            R::NotFound(_) | R::Exists(_) | R::Corrupt { .. } => {
+                StepError::Permanent(e.to_string())
+            }
+        }
     }
 }
 
@@ -166,7 +196,7 @@ impl Automation {
         let stream = js
             .get_stream(&bus.stream)
             .await
-            .map_err(|e| StepError(format!("event stream: {e}")))?;
+            .map_err(|e| StepError::Transient(format!("event stream: {e}")))?;
         let mut subjects: Vec<String> = self
             .inner
             .flows
@@ -193,7 +223,7 @@ impl Automation {
                 stream
                     .get_consumer(CONSUMER)
                     .await
-                    .map_err(|e| StepError(format!("automation consumer: {e}")))
+                    .map_err(|e| StepError::Transient(format!("automation consumer: {e}")))
             }
         }
     }
@@ -210,7 +240,7 @@ impl Automation {
         let mut msgs = consumer
             .messages()
             .await
-            .map_err(|e| StepError(format!("automation consumer: {e}")))?;
+            .map_err(|e| StepError::Transient(format!("automation consumer: {e}")))?;
         let mut batch = DecodedBatch::new();
         while let Some(m) = msgs.next().await {
             let m = match m {
@@ -233,15 +263,19 @@ impl Automation {
                 Ok(()) => {
                     let _ = m.double_ack().await;
                 }
-                Err(e) => {
+                Err(e) if e.is_transient() => {
                     let attempt = m.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
                     let delay = delivery::backoff(attempt);
                     tracing::warn!(error = %e, seq, retry_in = ?delay, "automation step failed; will retry");
                     let _ = m.ack_with(AckKind::Nak(Some(delay))).await;
                 }
+                Err(e) => {
+                    tracing::error!(error = %e, seq, "automation step cannot succeed; not retried");
+                    let _ = m.ack_with(AckKind::Term).await;
+                }
             }
         }
-        Err(StepError("automation consumer ended".into()))
+        Err(StepError::Transient("automation consumer ended".into()))
     }
 
     /// Every event of one bus message, then the segment state it changed.
@@ -511,10 +545,20 @@ impl Automation {
                 basis: f.basis,
                 created_at: now_ms(),
             };
-            if self.inner.outbox.done(&m.id).await.map_err(StepError)? {
+            if self
+                .inner
+                .outbox
+                .done(&m.id)
+                .await
+                .map_err(StepError::Transient)?
+            {
                 continue; // delivered before: this event was handled already
             }
-            self.inner.outbox.enqueue(&m).await.map_err(StepError)?;
+            self.inner
+                .outbox
+                .enqueue(&m)
+                .await
+                .map_err(StepError::Transient)?;
         }
         Ok(())
     }
@@ -559,7 +603,11 @@ impl Automation {
 
     async fn emit_all(&self, events: Vec<crate::lifecycle::Event>) -> Result<(), StepError> {
         for ev in events {
-            self.inner.bus.emit(&ev).await.map_err(StepError)?;
+            self.inner
+                .bus
+                .emit(&ev)
+                .await
+                .map_err(StepError::Transient)?;
         }
         Ok(())
     }
@@ -590,5 +638,42 @@ fn field(e: &EventRef<'_>, attrs: &Map<String, Value>, k: &str) -> Option<Value>
         "location" => s(e.location),
         "pass" => s(e.pass),
         _ => k.strip_prefix("attrs.").and_then(|a| attrs.get(a).cloned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::RegistryError;
+
+    #[test]
+    fn only_failures_that_can_pass_are_retried() {
+        let transient = [
+            StepError::from(RegistryError::Store("connection reset".into())),
+            StepError::from(IssueError::Unavailable("kv down".into())),
+            StepError::from(IssueError::TooManyRequests("slow down".into(), 2)),
+            StepError::from(IssueError::Internal("signing key unreadable".into())),
+        ];
+        for e in &transient {
+            assert!(e.is_transient(), "{e}");
+        }
+        // a corrupt registry entry used to be retried forever
+        let corrupt = RegistryError::Corrupt {
+            key: "pass.x".into(),
+            detail: "expected value at line 1 column 1".into(),
+        };
+        let permanent = [
+            StepError::from(IssueError::from(RegistryError::Corrupt {
+                key: "pass.x".into(),
+                detail: "truncated".into(),
+            })),
+            StepError::from(corrupt),
+            StepError::from(RegistryError::NotFound("x".into())),
+            StepError::from(IssueError::BadRequest("no such template".into())),
+            StepError::from(IssueError::Forbidden("not this programme".into())),
+        ];
+        for e in &permanent {
+            assert!(!e.is_transient(), "{e}");
+        }
     }
 }

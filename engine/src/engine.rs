@@ -229,7 +229,8 @@ struct Persist {
 pub struct EngineWriter {
     store: HotStore,
     aggs: Arc<Mutex<Aggregates>>,
-    /// De-duplication done here, unless a pipeline took it to run as its own stage.
+    /// The de-duplication stage, until the pipeline takes it ([`EngineWriter::take_dedup`]) to
+    /// run before [`EngineWriter::apply`].
     dedup: Option<Dedup>,
     window_ms: i64,
     /// Ids first seen since the last checkpoint, for its segment.
@@ -245,28 +246,24 @@ pub struct EngineWriter {
 }
 
 impl EngineWriter {
-    /// Applies every event of `batch` to the hot store and the aggregates (skipping ids already
-    /// seen within the de-duplication window), then publishes to queries if the publish interval
-    /// has passed and flushes if the flush policy says so.
+    /// Applies every event of `batch` to the hot store and the aggregates, then publishes to
+    /// queries if the publish interval has passed and flushes if the flush policy says so. The
+    /// batch has passed the de-duplication stage first ([`Dedup::filter`], with the `Dedup` a
+    /// pipeline takes from a new writer by [`EngineWriter::take_dedup`]): there is no other way
+    /// through.
     pub fn apply(&mut self, batch: &DecodedBatch) {
         let now = time::now_millis();
         let upstream = batch.new_ids();
+        if upstream.is_none() && !batch.is_empty() {
+            debug_assert!(false, "a batch skipped the de-duplication stage");
+            tracing::error!(
+                "a batch skipped the de-duplication stage; its events are applied without it"
+            );
+        }
         {
             let mut aggs = self.aggs.lock();
             for e in batch.iter() {
                 let arrival = if e.arrival > 0 { e.arrival } else { now };
-                if upstream.is_none()
-                    && let Some(d) = self.dedup.as_mut()
-                {
-                    match d.insert_id(e.id, arrival) {
-                        Some(entry) if self.persist.is_some() => self.pending_ids.push(entry),
-                        Some(_) => {}
-                        None => {
-                            self.duplicates += 1;
-                            continue;
-                        }
-                    }
-                }
                 self.newest_arrival = self.newest_arrival.max(arrival);
                 self.store.append(&e, now);
                 aggs.apply(&e);
@@ -669,6 +666,7 @@ mod tests {
     #[test]
     fn applied_events_are_queryable_after_publish() {
         let (mut w, e) = new_engine(EngineConfig::default());
+        let mut d = w.take_dedup().expect("a new writer de-duplicates");
         let mut b = DecodedBatch::new();
         let n = decode_message(
             br#"{"id":"1","type":"scan","ts":1000,"pass":"p","location":"l","device":"d","operator":"o"}
@@ -678,7 +676,7 @@ mod tests {
             |e, _| panic!("{e}"),
         );
         assert_eq!(n, 2);
-        w.apply(&b);
+        feed(&mut w, &mut d, b);
         w.publish();
         assert_eq!(e.hot_snapshot().rows(), 2);
         assert_eq!(e.events_applied(), 2);
@@ -706,16 +704,14 @@ mod tests {
 
     #[test]
     fn an_in_memory_engine_keeps_no_ids_for_checkpoints() {
-        // de-duplicating in the writer, and as its own stage before it
         let (mut w, e) = new_engine(EngineConfig::default());
-        w.apply(&scans(0, 1_000, 1_000));
-        let (mut staged, _) = new_engine(EngineConfig::default());
-        let mut dedup = staged.take_dedup().expect("a new writer de-duplicates");
-        let mut b = scans(0, 1_000, 1_000);
-        dedup.filter(&mut b);
-        staged.apply(&b);
+        let mut d = w.take_dedup().expect("a new writer de-duplicates");
+        feed(&mut w, &mut d, scans(0, 1_000, 1_000));
+        // the same ids again: refused
+        feed(&mut w, &mut d, scans(0, 1_000, 1_000));
         assert_eq!(e.events_applied(), 1_000);
-        assert_eq!((w.pending_ids.len(), staged.pending_ids.len()), (0, 0));
+        assert_eq!(e.stats().disk.duplicates, 1_000);
+        assert_eq!(w.pending_ids.len(), 0);
     }
 
     /// An upgrade: the newest checkpoint's aggregates snapshot is in a format this build does
@@ -729,7 +725,8 @@ mod tests {
             ..EngineConfig::default()
         };
         let (mut w, e, _) = open_engine(cfg()).unwrap();
-        w.apply(&scans(0, 2_000, 1_000));
+        let mut d = w.take_dedup().unwrap();
+        feed(&mut w, &mut d, scans(0, 2_000, 1_000));
         w.close();
         let before = serde_json::to_value(e.stats()).unwrap();
         drop(e);
@@ -769,7 +766,8 @@ mod tests {
         };
         let (mut w, e, resume) = open_engine(cfg()).unwrap();
         assert_eq!(resume.from_seq, 1);
-        w.apply(&scans(0, 1_000, 1_000));
+        let mut d = w.take_dedup().unwrap();
+        feed(&mut w, &mut d, scans(0, 1_000, 1_000));
         w.close();
         let snap = e.hot_snapshot();
         assert_eq!(
@@ -783,7 +781,8 @@ mod tests {
         assert_eq!(e.events_applied(), 1_000);
         assert_eq!(e.hot_snapshot().total_rows(), 1_000);
         // a producer's retry of old ids, arriving later: refused
-        w.apply(&scans(500, 1_000, 60_000));
+        let mut d = w.take_dedup().unwrap();
+        feed(&mut w, &mut d, scans(500, 1_000, 60_000));
         w.publish();
         assert_eq!(e.events_applied(), 1_500);
         assert_eq!(e.stats().disk.duplicates, 500);
@@ -804,6 +803,7 @@ mod tests {
             ..EngineConfig::default()
         };
         let (mut w, e, _) = open_engine(cfg).unwrap();
+        let mut d = w.take_dedup().unwrap();
         // ten days, one flush per quarter day: four small files a day, of one size class
         let day = time::DAY_MS;
         let mut seq = 0;
@@ -818,7 +818,7 @@ mod tests {
                 );
                 decode_message(line.as_bytes(), seq as u64, &mut b, |e, _| panic!("{e}"));
             }
-            apply_and_flush(&mut w, &b);
+            apply_and_flush(&mut w, &mut d, b);
         }
         w.close();
         let snap = e.hot_snapshot();
@@ -861,6 +861,7 @@ mod tests {
             ..EngineConfig::default()
         };
         let (mut w, e, _) = open_engine(cfg).unwrap();
+        let mut d = w.take_dedup().unwrap();
         // 3,000 events, one every 8 hours from 2020-01-01 over 1,000 days, in ten flushes: with
         // day partitions this left 1,000 files (a day's single file was never compacted)
         let start = 1_577_836_800_000i64;
@@ -875,7 +876,7 @@ mod tests {
                 );
                 decode_message(line.as_bytes(), i + 1, &mut b, |e, _| panic!("{e}"));
             }
-            apply_and_flush(&mut w, &b);
+            apply_and_flush(&mut w, &mut d, b);
         }
         // January 2020 to September 2022
         let months = 33;
@@ -901,9 +902,15 @@ mod tests {
         w.close();
     }
 
-    /// Applies `b` and waits until a flush of everything held has committed.
-    fn apply_and_flush(w: &mut EngineWriter, b: &DecodedBatch) {
-        w.apply(b);
+    /// The production path: `b` through the de-duplication stage, then the writer.
+    fn feed(w: &mut EngineWriter, d: &mut Dedup, mut b: DecodedBatch) {
+        d.filter(&mut b);
+        w.apply(&b);
+    }
+
+    /// Feeds `b` and waits until a flush of everything held has committed.
+    fn apply_and_flush(w: &mut EngineWriter, d: &mut Dedup, b: DecodedBatch) {
+        feed(w, d, b);
         w.start_flush();
         while w.persist.as_ref().is_some_and(|p| p.in_flight) {
             let p = w.persist.as_mut().unwrap();
@@ -940,19 +947,20 @@ mod tests {
         };
         // six days in two months (January and February 1970), one flush a day: one file a day
         let (mut w, _, _) = open_engine(cfg.clone()).unwrap();
+        let mut d = w.take_dedup().unwrap();
         let mut seq = 0u64;
-        for d in [28i64, 29, 30, 31, 32, 33] {
+        for day in [28i64, 29, 30, 31, 32, 33] {
             let mut b = DecodedBatch::new();
             b.set_arrival(1);
             for k in 0..20 {
                 seq += 1;
-                let ts = d * time::DAY_MS + k * 60_000;
+                let ts = day * time::DAY_MS + k * 60_000;
                 let line = format!(
                     r#"{{"id":"m{seq}","type":"scan","ts":{ts},"pass":"p{k}","location":"l","device":"d","operator":"o"}}"#
                 );
                 decode_message(line.as_bytes(), seq, &mut b, |e, _| panic!("{e}"));
             }
-            apply_and_flush(&mut w, &b);
+            apply_and_flush(&mut w, &mut d, b);
         }
         w.close();
         // rewrite the directory the way an older build laid it out: events/date=YYYY-MM-DD/,
@@ -1058,7 +1066,8 @@ mod tests {
         }
         let outlier = r#"{"id":"far","type":"scan","ts":"9999-12-31T00:00:00Z","pass":"p","location":"l","device":"d","operator":"o"}"#;
         decode_message(outlier.as_bytes(), 301, &mut b, |e, _| panic!("{e}"));
-        w.apply(&b);
+        let mut d = w.take_dedup().unwrap();
+        feed(&mut w, &mut d, b);
         w.close();
         assert_eq!(
             e.stats().watermark.as_deref(),

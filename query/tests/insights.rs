@@ -38,6 +38,9 @@ fn service_from(text: &str, events: u64) -> Arc<QueryService> {
         });
     }
     let (mut w, engine) = new_engine(EngineConfig::default());
+    // the production path: the de-duplication stage, then the writer
+    let mut dedup = w.take_dedup().expect("a new writer de-duplicates");
+    dedup.filter(&mut batch);
     w.apply(&batch);
     w.publish();
     assert_eq!(engine.events_applied(), events);

@@ -91,22 +91,53 @@ impl Event {
     }
 }
 
+/// A lifecycle event the broker did not take, and whether publishing it again can succeed.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing {kind}: {detail}")]
+pub struct EmitError {
+    kind: &'static str,
+    detail: String,
+    transient: bool,
+}
+
+impl EmitError {
+    fn new(kind: EventType, e: async_nats::jetstream::context::PublishError) -> EmitError {
+        use async_nats::jetstream::context::PublishErrorKind as K;
+        // the same event never fits, or is refused by the stream's own rules; everything else
+        // (no ack in time, a broken connection, a stream being recreated) can pass later
+        let transient = !matches!(
+            e.kind(),
+            K::MaxPayloadExceeded | K::WrongLastMessageId | K::WrongLastSequence
+        );
+        EmitError {
+            kind: kind.as_str(),
+            detail: e.to_string(),
+            transient,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
 impl Lifecycle {
     pub fn new(js: jetstream::Context, bus: BusConfig) -> Lifecycle {
         Lifecycle { js, bus }
     }
 
     /// Publishes `e` and waits for the broker's acknowledgement.
-    pub async fn emit(&self, e: &Event) -> Result<(), String> {
+    pub async fn emit(&self, e: &Event) -> Result<(), EmitError> {
         let msg = PublishMessage::build()
             .payload(e.to_json().into())
             .message_id(e.id());
+        let err = |err: async_nats::jetstream::context::PublishError| EmitError::new(e.kind, err);
         self.js
             .send_publish(self.bus.event_subject(e.kind), msg)
             .await
-            .map_err(|err| format!("publishing {}: {err}", e.kind.as_str()))?
+            .map_err(err)?
             .await
-            .map_err(|err| format!("publishing {}: {err}", e.kind.as_str()))?;
+            .map_err(err)?;
         Ok(())
     }
 
@@ -122,6 +153,27 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_that_never_fits_is_not_worth_retrying() {
+        use async_nats::jetstream::context::{PublishError, PublishErrorKind as K};
+        let e = |k| EmitError::new(EventType::PassUpdated, PublishError::new(k));
+        assert!(!e(K::MaxPayloadExceeded).is_transient());
+        for k in [
+            K::TimedOut,
+            K::BrokenPipe,
+            K::StreamNotFound,
+            K::MaxAckPending,
+            K::Other,
+        ] {
+            assert!(e(k).is_transient(), "{k:?}");
+        }
+        assert!(
+            e(K::TimedOut)
+                .to_string()
+                .starts_with("publishing pass.updated: timed out")
+        );
+    }
 
     #[test]
     fn events_are_valid_v1() {

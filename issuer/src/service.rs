@@ -147,6 +147,16 @@ pub enum IssueError {
     Corrupt(String),
 }
 
+impl From<crate::lifecycle::EmitError> for IssueError {
+    fn from(e: crate::lifecycle::EmitError) -> Self {
+        if e.is_transient() {
+            IssueError::Unavailable(e.to_string())
+        } else {
+            IssueError::Internal(e.to_string())
+        }
+    }
+}
+
 impl From<RegistryError> for IssueError {
     fn from(e: RegistryError) -> Self {
         match e {
@@ -507,11 +517,7 @@ impl Issuer {
         .with("customer", Some(&p.customer))
         .with("source", p.source.as_deref())
         .with("campaign", p.campaign.as_deref());
-        self.inner
-            .bus
-            .emit(&e)
-            .await
-            .map_err(IssueError::Unavailable)?;
+        self.inner.bus.emit(&e).await.map_err(IssueError::from)?;
         Ok((self.issued(&p)?, created))
     }
 
@@ -565,11 +571,7 @@ impl Issuer {
         .with("pass", Some(serial))
         .with("program", Some(&p.program))
         .with("customer", Some(&p.customer));
-        self.inner
-            .bus
-            .emit(&e)
-            .await
-            .map_err(IssueError::Unavailable)?;
+        self.inner.bus.emit(&e).await.map_err(IssueError::from)?;
         let mut report = self.push_update(&p).await;
         report.update_tag = p.update_tag;
         report.google = self.patch_google(&p).await;
@@ -675,11 +677,7 @@ impl Issuer {
         }
         // the nonce names the callback: a retry the nonce store missed is still one event
         let e = wallet_event(kind, &p, GOOGLE_DEVICE, now).with_id(google_event_id(&m.nonce));
-        self.inner
-            .bus
-            .emit(&e)
-            .await
-            .map_err(IssueError::Unavailable)?;
+        self.inner.bus.emit(&e).await.map_err(IssueError::from)?;
         Ok(if kind == EventType::PassInstalled {
             "saved"
         } else {

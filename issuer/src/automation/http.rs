@@ -143,6 +143,6 @@ async fn confirm(
     .with("source", Some(&link.channel))
     .with("campaign", link.campaign.as_deref())
     .with_attrs(attrs);
-    a.bus().emit(&e).await.map_err(IssueError::Unavailable)?;
+    a.bus().emit(&e).await.map_err(IssueError::from)?;
     Ok(Html(confirmed_page()).into_response())
 }

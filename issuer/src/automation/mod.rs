@@ -84,6 +84,16 @@ impl From<IssueError> for StepError {
     }
 }
 
+impl From<crate::lifecycle::EmitError> for StepError {
+    fn from(e: crate::lifecycle::EmitError) -> Self {
+        if e.is_transient() {
+            StepError::Transient(e.to_string())
+        } else {
+            StepError::Permanent(e.to_string())
+        }
+    }
+}
+
 impl From<crate::registry::RegistryError> for StepError {
     fn from(e: crate::registry::RegistryError) -> Self {
         use crate::registry::RegistryError as R;
@@ -603,11 +613,7 @@ impl Automation {
 
     async fn emit_all(&self, events: Vec<crate::lifecycle::Event>) -> Result<(), StepError> {
         for ev in events {
-            self.inner
-                .bus
-                .emit(&ev)
-                .await
-                .map_err(StepError::Transient)?;
+            self.inner.bus.emit(&ev).await.map_err(StepError::from)?;
         }
         Ok(())
     }

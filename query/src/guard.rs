@@ -82,6 +82,18 @@ impl QueryStop {
         }
     }
 
+    /// Refuses `bytes` of one value or batch over the limit (`query.max_value_mb`).
+    fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
+        if bytes > self.max_batch_bytes as u64 {
+            return Err(DataFusionError::External(Box::new(ValueTooLarge {
+                what: what.into(),
+                estimate: bytes,
+                limit: self.max_batch_bytes as u64,
+            })));
+        }
+        Ok(())
+    }
+
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
     }
@@ -252,14 +264,7 @@ impl PhysicalExpr for GuardExpr {
         }
         let value = self.inner.evaluate(batch)?;
         if let (Some(stop), ColumnarValue::Array(a)) = (stop, &value) {
-            let bytes = array_bytes(&a.to_data()) as usize;
-            if bytes > stop.max_batch_bytes {
-                return Err(DataFusionError::External(Box::new(ValueTooLarge {
-                    what: "an expression's value".into(),
-                    estimate: bytes as u64,
-                    limit: stop.max_batch_bytes as u64,
-                })));
-            }
+            stop.check_size("an expression's value", array_bytes(&a.to_data()))?;
         }
         Ok(value)
     }
@@ -385,16 +390,9 @@ impl GuardStream {
         let bytes = batch
             .columns()
             .iter()
-            .map(|c| array_bytes(&c.to_data()) as usize)
-            .sum::<usize>();
-        if bytes > self.stop.max_batch_bytes {
-            return Err(DataFusionError::External(Box::new(ValueTooLarge {
-                what: "an operator's batch".into(),
-                estimate: bytes as u64,
-                limit: self.stop.max_batch_bytes as u64,
-            })));
-        }
-        Ok(())
+            .map(|c| array_bytes(&c.to_data()))
+            .fold(0u64, u64::saturating_add);
+        self.stop.check_size("an operator's batch", bytes)
     }
 }
 

@@ -79,17 +79,9 @@ fn watch_loop(trips: Weak<watch::Sender<u64>>, ceiling: usize) {
 /// The ceiling used when none is configured: three quarters of the memory this process may use
 /// (the container's `memory.max` if set, else the machine's `MemTotal`); 0 (off) if unknown.
 pub fn default_process_ceiling() -> usize {
-    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kb: usize = line
-            .trim_start_matches("MemTotal:")
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb << 10)
-    });
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| kib_field(&m, "MemTotal:"));
     let container = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
         .ok()
         .and_then(|m| m.trim().parse::<usize>().ok());
@@ -102,10 +94,16 @@ pub fn default_process_ceiling() -> usize {
 
 /// The process's resident set size, bytes (`VmRSS` in `/proc/self/status`).
 pub(crate) fn resident_bytes() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: usize = line
-        .trim_start_matches("VmRSS:")
+    kib_field(
+        &std::fs::read_to_string("/proc/self/status").ok()?,
+        "VmRSS:",
+    )
+}
+
+/// The value of a `Key:   N kB` line of a `/proc` file, in bytes.
+fn kib_field(text: &str, key: &str) -> Option<usize> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: usize = line[key.len()..]
         .trim()
         .trim_end_matches("kB")
         .trim()

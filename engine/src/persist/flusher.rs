@@ -24,7 +24,7 @@ use parquet::file::properties::WriterProperties;
 use tracing::{error, info, warn};
 
 use super::checkpoint::{CHECKPOINT_DIR, DEDUP_DIR, encode_segment};
-use super::fsio::{ensure_dir, remove, sync_dir, write_atomic};
+use super::fsio::{ensure_dir, link_or_copy, remove, sync_dir, write_atomic};
 use super::parquet::{read_file, write_sorted, writer_properties};
 use super::publish::{STORE_DIR, publish_all, publish_partition};
 use super::recover::remove_empty_partitions;
@@ -436,14 +436,8 @@ impl State {
                 ensure_dir(dir)?;
                 dirs.insert(dir.to_path_buf());
             }
-            let _ = std::fs::remove_file(&to_abs);
-            if std::fs::hard_link(&from_abs, &to_abs).is_err() {
-                // a file system without hard links
-                std::fs::copy(&from_abs, &to_abs).map_err(|e| PersistError::io(&to_abs, e))?;
-                std::fs::File::open(&to_abs)
-                    .and_then(|h| h.sync_all())
-                    .map_err(|e| PersistError::io(&to_abs, e))?;
-            }
+            // recovery deleted any link an interrupted move left, as no checkpoint names it
+            link_or_copy(&from_abs, &to_abs)?;
             f.path = to;
         }
         for d in &dirs {

@@ -83,6 +83,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<u64, PersistError> {
     commit(&tmp, f, path)
 }
 
+/// Makes `to` a hard link of `from` (an existing `to` is taken as that link). On a file system
+/// without hard links, a durable copy that appears under its name in one rename.
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<(), PersistError> {
+    match fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PersistError::io(from, e)),
+        Err(e) => {
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(error = %e, "the file system has no hard links; data files are copied instead");
+            }
+            let tmp = tmp_path(to);
+            fs::copy(from, &tmp).map_err(|e| PersistError::io(&tmp, e))?;
+            fs::File::open(&tmp)
+                .and_then(|h| h.sync_all())
+                .map_err(|e| PersistError::io(&tmp, e))?;
+            fs::rename(&tmp, to).map_err(|e| PersistError::io(&tmp, e))
+        }
+    }
+}
+
 /// Removes a file; a missing file is not an error.
 pub fn remove(path: &Path) -> Result<(), PersistError> {
     match fs::remove_file(path) {

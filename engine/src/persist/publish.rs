@@ -209,22 +209,7 @@ pub(crate) fn publish_partition(
 }
 
 fn link(root: &Path, f: &DataFile, to: &Path) -> Result<(), PersistError> {
-    let from = root.join(STORE_DIR).join(&f.path);
-    match fs::hard_link(&from, to) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PersistError::io(&from, e)),
-        Err(e) => {
-            // a file system without hard links: a copy, appearing under its name in one rename
-            static WARNED: AtomicBool = AtomicBool::new(false);
-            if !WARNED.swap(true, Relaxed) {
-                warn!(error = %e, "the file system has no hard links; the published events/ files are copies");
-            }
-            let tmp = super::fsio::tmp_path(to);
-            fs::copy(&from, &tmp).map_err(|e| PersistError::io(&tmp, e))?;
-            rename(&tmp, to)
-        }
-    }
+    super::fsio::link_or_copy(&root.join(STORE_DIR).join(&f.path), to)
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), PersistError> {
